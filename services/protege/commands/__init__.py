@@ -1,0 +1,1 @@
+"""Subcommands of the `protege` CLI, one module each."""

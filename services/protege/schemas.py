@@ -1,0 +1,206 @@
+"""API bodies and Kafka events: the contract with clients and with the improver.
+
+Events carry `schema_version`; consumers accept any version they know and
+skip (and count) the rest, so producers can be upgraded first.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+EVENT_SCHEMA_VERSION = 1
+
+
+class Body(BaseModel):
+    """Request bodies: unknown fields are a 422, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Route(str, Enum):
+    specialist = "specialist"
+    foundation = "foundation"
+    escalated = "escalated"
+
+
+class Verdict(str, Enum):
+    up = "up"
+    down = "down"
+
+
+class ModelRef(BaseModel):
+    model: str = Field(description="Model family or name, e.g. 'tfidf-lr' or 'smollm2-135m'.")
+    version: str
+
+
+def _non_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("text must not be empty or whitespace")
+    return text
+
+
+class PredictRequest(Body):
+    """One `text`, or a batch in `texts` (up to the task's `max_batch`)."""
+
+    text: str | None = Field(default=None, examples=["Check out my channel, subscribe!"])
+    texts: list[str] | None = Field(default=None, min_length=1)
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str | None) -> str | None:
+        return None if value is None else _non_blank(value)
+
+    @field_validator("texts")
+    @classmethod
+    def _texts_not_blank(cls, values: list[str] | None) -> list[str] | None:
+        if values is not None:
+            for value in values:
+                _non_blank(value)
+        return values
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PredictRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' or 'texts'")
+        return self
+
+    @property
+    def items(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class Prediction(BaseModel):
+    prediction_id: str
+    label: str
+    confidence: float
+    probabilities: list[LabelProbability] = Field(description="Top-k labels, most likely first.")
+    served_by: ModelRef
+    route: Route
+    latency_ms: float
+
+
+class PredictResponse(BaseModel):
+    task: str
+    predictions: list[Prediction]
+
+
+class FeedbackRequest(Body):
+    prediction_id: str = Field(min_length=1, max_length=200)
+    verdict: Verdict
+    label: str | None = Field(default=None, description="The correct label, when it differs.")
+    reviewer: str = Field(min_length=1, max_length=200)
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+class FeedbackResponse(BaseModel):
+    accepted: bool
+    prediction_id: str
+    task: str
+    event_id: str
+
+
+class TaskModels(BaseModel):
+    foundation: ModelRef
+    specialist: ModelRef | None
+    specialist_error: str | None = None
+
+
+class TaskSummary(BaseModel):
+    name: str
+    description: str
+    labels: list[dict[str, str]]
+    policy: str
+    threshold: float
+    shadow_rate: float
+    max_batch: int
+    max_text_chars: int
+    models: TaskModels
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+# --------------------------------------------------------------------------- events
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: int = EVENT_SCHEMA_VERSION
+    event_id: str = Field(default_factory=new_event_id)
+    timestamp: float = Field(default_factory=time.time)
+
+
+class ModelOutput(BaseModel):
+    """One model's answer to one text, as recorded in the event log."""
+
+    model: ModelRef
+    label: str
+    probabilities: list[LabelProbability]
+
+
+class PredictionEvent(Event):
+    kind: Literal["prediction"] = "prediction"
+    prediction_id: str
+    task: str
+    text: str
+    label: str
+    probabilities: list[LabelProbability]
+    route: Route
+    served_by: ModelRef
+    specialist: ModelOutput | None = None
+    foundation: ModelOutput | None = None
+    shadow: bool = Field(default=False, description="The FM output was a shadow run.")
+    latency_ms: float
+
+    @property
+    def key(self) -> str:
+        return self.prediction_id
+
+
+class FeedbackEvent(Event):
+    kind: Literal["feedback"] = "feedback"
+    prediction_id: str
+    task: str
+    verdict: Verdict
+    label: str | None = None
+    reviewer: str
+    comment: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.prediction_id
+
+
+class ModelAction(str, Enum):
+    promoted = "promoted"
+    rolled_back = "rolled_back"
+    rejected = "rejected"
+
+
+class ModelEvent(Event):
+    kind: Literal["model"] = "model"
+    task: str
+    model: ModelRef
+    action: ModelAction
+    metrics: dict[str, float | str | None] = Field(default_factory=dict)
+    reasons: list[str] = Field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return self.task

@@ -1,0 +1,146 @@
+"""The specialist: an ONNX Runtime session with its label map.
+
+A specialist lives in a folder holding `model.onnx` and `model.json`:
+
+- `model.json`: `{"task", "model", "version", "labels": [...], "threshold": float | null}`;
+  `labels` gives the order of the output columns, `threshold` the cascade
+  threshold calibrated for this model (null: use the task's).
+- `model.onnx` takes either raw text (one string input, shape [N] or [N, 1]; e.g. a
+  skl2onnx TF-IDF pipeline) or token ids (`input_ids` and `attention_mask`, int64
+  [N, T]; a `tokenizer.json` then lies alongside). Its output named
+  `probabilities` (else its last float output) is [N, C] class probabilities.
+
+Only ONNX and JSON are read here: no pickle ever reaches serving.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from protege.schemas import ModelRef
+
+MODEL_FILE = "model.onnx"
+META_FILE = "model.json"
+TOKENIZER_FILE = "tokenizer.json"
+MAX_TOKENS = 128
+
+
+class SpecialistLoadError(RuntimeError):
+    """The folder does not hold a loadable specialist; the message says why."""
+
+
+@dataclass(frozen=True)
+class SpecialistMeta:
+    task: str
+    model: str
+    version: str
+    labels: list[str]
+    threshold: float | None = None
+
+    @classmethod
+    def read(cls, folder: Path) -> SpecialistMeta:
+        try:
+            raw = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+            return cls(
+                task=str(raw["task"]), model=str(raw["model"]), version=str(raw["version"]),
+                labels=[str(label) for label in raw["labels"]],
+                threshold=None if raw.get("threshold") is None else float(raw["threshold"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SpecialistLoadError(f"{folder / META_FILE}: {exc}") from exc
+
+    def write(self, folder: Path) -> None:
+        (folder / META_FILE).write_text(json.dumps(self.__dict__, indent=2), encoding="utf-8")
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(model=self.model, version=self.version)
+
+
+class Specialist:
+    """Scores texts with one ONNX model; `predict_proba` is thread-safe (ORT sessions are)."""
+
+    def __init__(self, folder: Path | str, expected_labels: list[str] | None = None):
+        folder = Path(folder)
+        self.folder = folder
+        self.meta = SpecialistMeta.read(folder)
+        if expected_labels is not None and sorted(self.meta.labels) != sorted(expected_labels):
+            raise SpecialistLoadError(
+                f"{folder}: labels {self.meta.labels} do not match the task's {expected_labels}"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # one request batch per core scales better than threads
+        try:
+            self.session = ort.InferenceSession(
+                str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own exception types for corrupt graphs
+            raise SpecialistLoadError(f"{folder / MODEL_FILE}: {exc}") from exc
+        inputs = self.session.get_inputs()
+        self._text_input = inputs[0] if inputs[0].type == "tensor(string)" else None
+        self._text_rank = len(inputs[0].shape) if self._text_input else 0
+        self._tokenizer = None if self._text_input else self._load_tokenizer(folder)
+        self._output = self._probability_output()
+        # Reorder columns to the task's label order when the model's differs.
+        order = expected_labels or self.meta.labels
+        self.labels = list(order)
+        self._columns = np.array([self.meta.labels.index(label) for label in order])
+        self._check_output_width()
+
+    @staticmethod
+    def _load_tokenizer(folder: Path):
+        from tokenizers import Tokenizer
+
+        path = folder / TOKENIZER_FILE
+        if not path.exists():
+            raise SpecialistLoadError(f"{folder}: token-input model without {TOKENIZER_FILE}")
+        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer.enable_truncation(MAX_TOKENS)
+        tokenizer.enable_padding()
+        return tokenizer
+
+    def _probability_output(self) -> str:
+        outputs = self.session.get_outputs()
+        names = [o.name for o in outputs]
+        if "probabilities" in names:
+            return "probabilities"
+        floats = [o.name for o in outputs if o.type == "tensor(float)"]
+        if not floats:
+            raise SpecialistLoadError(f"{self.folder}: no float output among {names}")
+        return floats[-1]
+
+    def _check_output_width(self) -> None:
+        probs = self._run(["probe"])
+        if probs.shape != (1, len(self.meta.labels)):
+            raise SpecialistLoadError(
+                f"{self.folder}: output shape {probs.shape} does not match "
+                f"{len(self.meta.labels)} labels"
+            )
+
+    @property
+    def ref(self) -> ModelRef:
+        return self.meta.ref
+
+    def _run(self, texts: list[str]) -> np.ndarray:
+        if self._text_input is not None:
+            array = np.array(texts, dtype=object)
+            feed = {self._text_input.name: array.reshape(-1, 1) if self._text_rank == 2 else array}
+        else:
+            encodings = self._tokenizer.encode_batch(texts)
+            feed = {
+                "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            }
+        (probs,) = self.session.run([self._output], feed)
+        return np.asarray(probs, dtype=np.float32)
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """[N, C] probabilities, columns in the task's label order."""
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return self._run(texts)[:, self._columns]
