@@ -1,0 +1,119 @@
+"""The data sets shipped with the package, read the same way everywhere.
+
+- ``youtube-spam``: the YouTube Spam Collection in WRENCH's format, with the votes
+  of WRENCH's 10 labeling functions (``weak_labels``, -1 = abstain).
+- ``banking77``: BANKING77's 77 customer-support intents.
+
+Example
+-------
+>>> from protege import datasets
+>>> ds = datasets.load("youtube-spam", "test")
+>>> len(ds), ds.label_names, ds.weak_labels.shape
+(250, ['HAM', 'SPAM'], (250, 10))
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+YOUTUBE_SPLITS = ("train", "valid", "test")
+BANKING77_SPLITS = ("train", "test")
+# The order of WRENCH's youtube weak_labels columns (data/youtube/readme.txt).
+YOUTUBE_LF_NAMES = (
+    "keyword_my", "keyword_subscribe", "keyword_link", "keyword_please", "keyword_song",
+    "regex_check_out", "short_comment", "has_person_nlp", "textblob_polarity",
+    "textblob_subjectivity",
+)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Texts with their true labels (names), in file order."""
+
+    task: str
+    split: str
+    texts: list[str]
+    labels: list[str]
+    label_names: list[str]
+    weak_labels: np.ndarray | None = field(default=None, repr=False)  # [N, M] ints, -1 abstain
+    weak_label_names: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def y(self) -> np.ndarray:
+        """True labels as indices into `label_names`."""
+        index = {name: i for i, name in enumerate(self.label_names)}
+        return np.array([index[label] for label in self.labels], dtype=np.int64)
+
+    def subset(self, rows: np.ndarray | list[int]) -> Dataset:
+        rows = list(np.asarray(rows, dtype=np.int64))
+        return Dataset(
+            task=self.task,
+            split=self.split,
+            texts=[self.texts[i] for i in rows],
+            labels=[self.labels[i] for i in rows],
+            label_names=self.label_names,
+            weak_labels=None if self.weak_labels is None else self.weak_labels[rows],
+            weak_label_names=self.weak_label_names,
+        )
+
+
+def youtube(split: str = "train", data_dir: Path = DATA_DIR) -> Dataset:
+    if split not in YOUTUBE_SPLITS:
+        raise ValueError(f"youtube has splits {YOUTUBE_SPLITS}, not {split!r}")
+    folder = data_dir / "youtube"
+    names = json.loads((folder / "label.json").read_text(encoding="utf-8"))
+    label_names = [names[str(i)] for i in range(len(names))]
+    records = json.loads((folder / f"{split}.json").read_text(encoding="utf-8")).values()
+    records = list(records)
+    return Dataset(
+        task="youtube-spam",
+        split=split,
+        # WRENCH keeps the zero-width no-break space that ends most comments; it is noise.
+        texts=[r["data"]["text"].replace("\ufeff", "").strip() for r in records],
+        labels=[label_names[r["label"]] for r in records],
+        label_names=label_names,
+        weak_labels=np.array([r["weak_labels"] for r in records], dtype=np.int64),
+        weak_label_names=YOUTUBE_LF_NAMES,
+    )
+
+
+def banking77(split: str = "train", data_dir: Path = DATA_DIR) -> Dataset:
+    if split not in BANKING77_SPLITS:
+        raise ValueError(f"banking77 has splits {BANKING77_SPLITS}, not {split!r}")
+    folder = data_dir / "banking77"
+    label_names = json.loads((folder / "categories.json").read_text(encoding="utf-8"))
+    with open(folder / f"{split}.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return Dataset(
+        task="banking77",
+        split=split,
+        texts=[row["text"] for row in rows],
+        labels=[row["category"] for row in rows],
+        label_names=list(label_names),
+    )
+
+
+LOADERS = {"youtube-spam": youtube, "youtube": youtube, "banking77": banking77}
+
+
+def load(task: str, split: str = "train") -> Dataset:
+    """The shipped data set of a task (by task name), one split."""
+    try:
+        loader = LOADERS[task]
+    except KeyError:
+        raise ValueError(f"no shipped data set for task {task!r}; have {sorted(LOADERS)}") from None
+    return loader(split)
+
+
+def splits(task: str) -> tuple[str, ...]:
+    return YOUTUBE_SPLITS if LOADERS.get(task) is youtube else BANKING77_SPLITS

@@ -1,0 +1,66 @@
+"""Foundation model behind any OpenAI-compatible completions endpoint (a vLLM server,
+a hosted API, or `protege fm-server`). Labels are scored like everywhere else: the
+log-likelihood of each label's words after the prompt, read from the legacy
+completions API with `echo=True, logprobs=0, max_tokens=0` (as lm-eval-harness does)."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+
+from protege.config import PromptSpec, Settings, TaskSpec
+from protege.foundation.prompts import continuations, render_prompt
+from protege.foundation.scoring import label_probabilities
+from protege.schemas import ModelRef
+
+
+class OpenAIBackend:
+    def __init__(self, base_url: str, model: str, api_key: str | None, timeout_s: float = 60.0):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
+        self.model = model
+        self.ref = ModelRef(model=model, version="openai")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OpenAIBackend:
+        if not settings.openai_base_url or not settings.fm_model:
+            raise ValueError(
+                "the openai backend needs PROTEGE_OPENAI_BASE_URL and PROTEGE_FM_MODEL"
+            )
+        return cls(
+            settings.openai_base_url, settings.fm_model, settings.openai_api_key,
+            settings.openai_timeout_s,
+        )
+
+    def predict_proba(
+        self, task: TaskSpec, texts: list[str], prompt: PromptSpec | None = None
+    ) -> np.ndarray:
+        prompt = prompt or task.prompt
+        conts = continuations(task)
+        prefixes = [render_prompt(task, text, prompt) for text in texts]
+        sequences = [p + c for p in prefixes for c in conts]
+        response = self.client.post(
+            "/completions",
+            json={
+                "model": self.model, "prompt": sequences, "max_tokens": 0,
+                "echo": True, "logprobs": 0, "temperature": 0.0,
+            },
+        )
+        response.raise_for_status()
+        choices = sorted(response.json()["choices"], key=lambda c: c["index"])
+        if len(choices) != len(sequences):
+            raise RuntimeError(f"endpoint returned {len(choices)} choices for {len(sequences)} prompts")
+        loglik = np.zeros((len(texts), len(conts)), dtype=np.float32)
+        counts = np.zeros((len(texts), len(conts)), dtype=np.float32)
+        for k, choice in enumerate(choices):
+            i, j = divmod(k, len(conts))
+            logprobs = choice["logprobs"]
+            boundary = len(prefixes[i])
+            # Tokens that start at or after the prompt's end belong to the label.
+            label_lp = [
+                lp for lp, offset in zip(logprobs["token_logprobs"], logprobs["text_offset"])
+                if offset >= boundary and lp is not None
+            ]
+            loglik[i, j] = sum(label_lp)
+            counts[i, j] = len(label_lp)
+        return label_probabilities(loglik, counts, prompt.length_normalize)

@@ -1,0 +1,415 @@
+"""The example store: every prediction and feedback event, gold data, cached FM scores
+and saved reports, through SQLAlchemy (a SQLite file by default, Postgres by URL).
+
+Writes are idempotent on ``event_id``: :meth:`ExampleStore.record` stores an event and
+its id in one transaction, and a second delivery of the same event changes nothing.
+A reviewer's repeat feedback on the same prediction replaces the earlier one (the
+later by event time wins, whatever order they arrive in). Feedback that arrives
+before its prediction is kept and joined when the prediction arrives, since the join
+happens when examples are read.
+
+Example
+-------
+>>> store = ExampleStore("sqlite://")  # in memory
+>>> from protege.schemas import FeedbackEvent
+>>> store.record(FeedbackEvent(prediction_id="p1", task="t", verdict="up", reviewer="ann"))
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from protege.improver.labeling import DataPoint, Review
+from protege.schemas import FeedbackEvent, PredictionEvent
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("task", sa.String(64), nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+)
+
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("prediction_id", sa.String(200), primary_key=True),
+    sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("task", sa.String(64), nullable=False, index=True),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("text_hash", sa.String(64), nullable=False, index=True),
+    sa.Column("label", sa.String(200), nullable=False),
+    sa.Column("confidence", sa.Float),
+    sa.Column("route", sa.String(32)),
+    sa.Column("served_by", sa.String(300)),
+    sa.Column("foundation_label", sa.String(200)),
+    sa.Column("foundation_confidence", sa.Float),
+    sa.Column("specialist_label", sa.String(200)),
+    sa.Column("specialist_confidence", sa.Float),
+    sa.Column("timestamp", sa.Float, nullable=False),
+)
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("prediction_id", sa.String(200), nullable=False, index=True),
+    sa.Column("task", sa.String(64), nullable=False, index=True),
+    sa.Column("reviewer", sa.String(200), nullable=False),
+    sa.Column("verdict", sa.String(8), nullable=False),
+    sa.Column("label", sa.String(200)),
+    sa.Column("comment", sa.Text),
+    sa.Column("timestamp", sa.Float, nullable=False),
+    sa.UniqueConstraint("prediction_id", "reviewer", name="uq_feedback_prediction_reviewer"),
+)
+
+gold = sa.Table(
+    "gold",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task", sa.String(64), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("text_hash", sa.String(64), nullable=False),
+    sa.Column("label", sa.String(200), nullable=False),
+    sa.Column("source", sa.String(300), nullable=False),
+    sa.Column("imported_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("task", "text_hash", name="uq_gold_task_text"),
+)
+
+fm_scores = sa.Table(
+    "fm_scores",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("text_hash", sa.String(64), primary_key=True),
+    sa.Column("probs", sa.Text, nullable=False),  # JSON list, in the task's label order
+)
+
+reports = sa.Table(
+    "reports",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task", sa.String(64), nullable=False, index=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("run_id", sa.String(200)),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+)
+
+
+def text_hash(text: str) -> str:
+    """Identity of a text for dedupe, caching and the held-out split: whitespace-normalized."""
+    return hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class GoldExample:
+    text: str
+    label: str
+    source: str  # "file:<name>", "review:correction" or "review:confirmed"
+    split: str  # "train" or "holdout", from the text's hash
+
+
+def _engine_kwargs(url: str) -> dict:
+    if url.startswith("sqlite"):
+        # One file shared by the consumer thread and CLI reads.
+        return {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    return {"pool_pre_ping": True}
+
+
+class ExampleStore:
+    """Events, gold and caches of the improver, behind one SQLAlchemy engine."""
+
+    def __init__(self, url: str, create: bool = True):
+        self.url = url
+        self.engine = sa.create_engine(url, **_engine_kwargs(url))
+        if url.startswith("sqlite:///"):
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        if create:
+            metadata.create_all(self.engine)
+
+    @classmethod
+    def from_settings(cls, settings) -> ExampleStore:
+        return cls(settings.store_url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ events
+
+    def record(self, event: PredictionEvent | FeedbackEvent) -> bool:
+        """Store one event; False when its event_id was already stored."""
+        return self.record_many([event]) == 1
+
+    def record_many(self, batch: Sequence[PredictionEvent | FeedbackEvent]) -> int:
+        """Store events in one transaction, skipping ids already stored; returns how many
+        were new. Returns only once they are committed: offsets may be committed after."""
+        unique = list({e.event_id: e for e in batch}.values())
+        if not unique:
+            return 0
+        try:
+            with self.engine.begin() as conn:
+                return self._insert(conn, unique)
+        except IntegrityError:
+            # Another writer stored some of them between our check and insert (a consumer
+            # rebalance): fall back to one transaction per event.
+            stored = 0
+            for event in unique:
+                try:
+                    with self.engine.begin() as conn:
+                        stored += self._insert(conn, [event])
+                except IntegrityError:
+                    log.info("event %s already stored", event.event_id)
+            return stored
+
+    def _insert(self, conn, batch: list[PredictionEvent | FeedbackEvent]) -> int:
+        ids = [e.event_id for e in batch]
+        seen = set(
+            conn.execute(sa.select(events.c.event_id).where(events.c.event_id.in_(ids))).scalars()
+        )
+        new = [e for e in batch if e.event_id not in seen]
+        if not new:
+            return 0
+        now = time.time()
+        conn.execute(
+            events.insert(),
+            [{"event_id": e.event_id, "kind": e.kind, "task": e.task, "received_at": now} for e in new],
+        )
+        for event in new:
+            if isinstance(event, PredictionEvent):
+                self._insert_prediction(conn, event)
+            elif isinstance(event, FeedbackEvent):
+                self._upsert_feedback(conn, event)
+            else:  # pragma: no cover - the consumer only hands these two
+                raise TypeError(f"cannot store {type(event).__name__}")
+        return len(new)
+
+    def _insert_prediction(self, conn, e: PredictionEvent) -> None:
+        exists = conn.execute(
+            sa.select(predictions.c.prediction_id).where(predictions.c.prediction_id == e.prediction_id)
+        ).first()
+        if exists:  # the same prediction re-sent under a new event id: keep the first
+            log.info("prediction %s already stored", e.prediction_id)
+            return
+        conn.execute(
+            predictions.insert().values(
+                prediction_id=e.prediction_id,
+                event_id=e.event_id,
+                task=e.task,
+                text=e.text,
+                text_hash=text_hash(e.text),
+                label=e.label,
+                confidence=max((p.probability for p in e.probabilities), default=None),
+                route=e.route.value,
+                served_by=f"{e.served_by.model}:{e.served_by.version}",
+                foundation_label=e.foundation.label if e.foundation else None,
+                foundation_confidence=_top(e.foundation),
+                specialist_label=e.specialist.label if e.specialist else None,
+                specialist_confidence=_top(e.specialist),
+                timestamp=e.timestamp,
+            )
+        )
+
+    def _upsert_feedback(self, conn, e: FeedbackEvent) -> None:
+        row = {
+            "event_id": e.event_id,
+            "prediction_id": e.prediction_id,
+            "task": e.task,
+            "reviewer": e.reviewer,
+            "verdict": e.verdict.value,
+            "label": e.label,
+            "comment": e.comment,
+            "timestamp": e.timestamp,
+        }
+        key = (feedback.c.prediction_id == e.prediction_id) & (feedback.c.reviewer == e.reviewer)
+        earlier = conn.execute(sa.select(feedback.c.id, feedback.c.timestamp).where(key)).first()
+        if earlier is None:
+            conn.execute(feedback.insert().values(**row))
+        elif earlier.timestamp <= e.timestamp:
+            conn.execute(feedback.update().where(feedback.c.id == earlier.id).values(**row))
+        # else: an older verdict arriving late; the newer one stands.
+
+    # ------------------------------------------------------------------ reads
+
+    def counts(self, task: str | None = None) -> dict[str, int]:
+        def count(table) -> int:
+            query = sa.select(sa.func.count()).select_from(table)
+            if task is not None:
+                query = query.where(table.c.task == task)
+            with self.engine.connect() as conn:
+                return int(conn.execute(query).scalar_one())
+
+        return {
+            "events": count(events),
+            "predictions": count(predictions),
+            "feedback": count(feedback),
+            "gold": count(gold),
+        }
+
+    def event_ids(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(events.c.event_id)).scalars())
+
+    def tasks(self) -> list[str]:
+        with self.engine.connect() as conn:
+            names = set(conn.execute(sa.select(predictions.c.task).distinct()).scalars())
+            names |= set(conn.execute(sa.select(gold.c.task).distinct()).scalars())
+        return sorted(names)
+
+    def feedback_rows(self, task: str) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(feedback).where(feedback.c.task == task).order_by(feedback.c.timestamp)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    def points(self, task: str, limit: int | None = None) -> list[DataPoint]:
+        """One data point per distinct text of the task's predictions (latest first in
+        ties), with every reviewer's latest verdict on any prediction of that text."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(predictions)
+                .where(predictions.c.task == task)
+                .order_by(predictions.c.timestamp)
+            ).all()
+            fb_rows = conn.execute(
+                sa.select(feedback, predictions.c.text_hash, predictions.c.label.label("served"))
+                .join(predictions, predictions.c.prediction_id == feedback.c.prediction_id)
+                .where(feedback.c.task == task)
+            ).all()
+        reviews: dict[str, list[Review]] = defaultdict(list)
+        for r in fb_rows:
+            reviews[r.text_hash].append(
+                Review(r.reviewer, r.verdict, r.served, r.label, r.timestamp)
+            )
+        latest: dict[str, object] = {}
+        for r in rows:  # later predictions of the same text replace earlier ones
+            latest[r.text_hash] = r
+        points = [
+            DataPoint(
+                text=r.text,
+                uid=r.prediction_id,
+                served_label=r.label,
+                foundation_label=r.foundation_label,
+                foundation_confidence=r.foundation_confidence,
+                specialist_label=r.specialist_label,
+                specialist_confidence=r.specialist_confidence,
+                reviews=tuple(sorted(reviews.get(h, ()), key=lambda v: v.timestamp)),
+                extra={"text_hash": h},
+            )
+            for h, r in latest.items()
+        ]
+        return points[-limit:] if limit else points
+
+    # ------------------------------------------------------------------ gold
+
+    def import_gold(self, task: str, items: Iterable[tuple[str, str]], source: str) -> int:
+        """Insert or replace (by text) gold labels; returns how many rows were written."""
+        now = time.time()
+        written = 0
+        with self.engine.begin() as conn:
+            for text, label in items:
+                h = text_hash(text)
+                key = (gold.c.task == task) & (gold.c.text_hash == h)
+                values = {"text": text, "label": label, "source": source, "imported_at": now}
+                if conn.execute(sa.select(gold.c.id).where(key)).first():
+                    conn.execute(gold.update().where(key).values(**values))
+                else:
+                    conn.execute(gold.insert().values(task=task, text_hash=h, **values))
+                written += 1
+        return written
+
+    def gold_rows(self, task: str) -> list[tuple[str, str, str]]:
+        """(text, label, source) of the task's imported gold."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(gold.c.text, gold.c.label, gold.c.source)
+                .where(gold.c.task == task)
+                .order_by(gold.c.id)
+            )
+            return [tuple(r) for r in rows]
+
+    # ------------------------------------------------------------------ FM score cache
+
+    def get_scores(self, key: str, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        hashes = {text_hash(t): t for t in texts}
+        found: dict[str, np.ndarray] = {}
+        items = list(hashes)
+        with self.engine.connect() as conn:
+            for start in range(0, len(items), 500):
+                chunk = items[start : start + 500]
+                rows = conn.execute(
+                    sa.select(fm_scores.c.text_hash, fm_scores.c.probs).where(
+                        (fm_scores.c.key == key) & fm_scores.c.text_hash.in_(chunk)
+                    )
+                )
+                for h, probs in rows:
+                    found[hashes[h]] = np.asarray(json.loads(probs), dtype=np.float64)
+        return found
+
+    def put_scores(self, key: str, texts: Sequence[str], probs: np.ndarray) -> None:
+        rows = {text_hash(t): json.dumps([round(float(p), 6) for p in row]) for t, row in zip(texts, probs)}
+        with self.engine.begin() as conn:
+            have = set(
+                conn.execute(
+                    sa.select(fm_scores.c.text_hash).where(
+                        (fm_scores.c.key == key) & fm_scores.c.text_hash.in_(list(rows))
+                    )
+                ).scalars()
+            )
+            new = [{"key": key, "text_hash": h, "probs": p} for h, p in rows.items() if h not in have]
+            if new:
+                conn.execute(fm_scores.insert(), new)
+
+    # ------------------------------------------------------------------ reports
+
+    def save_report(self, task: str, kind: str, payload: dict, run_id: str | None = None) -> int:
+        """Keep a copy of a report (an LF report per training run, the label model choice)."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                reports.insert().values(
+                    task=task, kind=kind, run_id=run_id, created_at=time.time(),
+                    payload=json.dumps(payload, default=_json_default),
+                )
+            )
+            return int(result.inserted_primary_key[0])
+
+    def reports(self, task: str, kind: str | None = None) -> list[dict]:
+        query = sa.select(reports).where(reports.c.task == task).order_by(reports.c.id)
+        if kind is not None:
+            query = query.where(reports.c.kind == kind)
+        with self.engine.connect() as conn:
+            return [
+                {**dict(r._mapping), "payload": json.loads(r.payload)} for r in conn.execute(query)
+            ]
+
+
+def _top(output) -> float | None:
+    if output is None or not output.probabilities:
+        return None
+    return max(p.probability for p in output.probabilities)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

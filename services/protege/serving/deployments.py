@@ -1,0 +1,72 @@
+"""The two Ray Serve deployments. Heavy state is built once in `__init__`; request
+methods are short. The specialist runs inside the Gateway replica, so the
+specialist path makes no DeploymentHandle hop; only the FM is a separate
+deployment (it wants a GPU in a cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+from ray import serve
+
+from protege.config import Settings
+from protege.foundation.backend import create_backend
+from protege.serving.api import build_api
+from protege.serving.auth import ApiKeys
+from protege.serving.core import GatewayCore
+from protege.serving.foundation_client import HandleFoundation
+from protege.serving.metrics import ServingMetrics
+from protege.serving.prediction_ids import PredictionIds
+from protege.serving.specialists import SpecialistSlots
+
+log = logging.getLogger(__name__)
+
+
+@serve.deployment(max_ongoing_requests=256)
+class FoundationModel:
+    """texts -> label probabilities, batched across concurrent callers."""
+
+    def __init__(self, settings: Settings):
+        self.tasks = settings.load_tasks()
+        self.backend = create_backend(settings)
+
+    def info(self) -> dict:
+        return self.backend.ref.model_dump()
+
+    async def score(self, task: str, text: str) -> list[float]:
+        return await self._score_batch((task, text))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _score_batch(self, items: list[tuple[str, str]]) -> list[list[float]]:
+        out: list[list[float] | None] = [None] * len(items)
+        by_task: dict[str, list[int]] = {}
+        for i, (task, _) in enumerate(items):
+            by_task.setdefault(task, []).append(i)
+        for task, rows in by_task.items():
+            probs = await asyncio.to_thread(
+                self.backend.predict_proba, self.tasks[task], [items[i][1] for i in rows]
+            )
+            for i, p in zip(rows, np.asarray(probs)):
+                out[i] = p.tolist()
+        return out
+
+
+@serve.deployment(max_ongoing_requests=256)
+@serve.ingress()
+class Gateway:
+    """The FastAPI ingress: auth, validation, routing, the in-process specialists."""
+
+    def __init__(self, settings: Settings, foundation):
+        tasks = settings.load_tasks()
+        self.specialists = SpecialistSlots(tasks, settings)
+        self.specialists.load_local()
+        self.core = GatewayCore(
+            tasks, HandleFoundation(foundation), self.specialists,
+            PredictionIds.from_settings(settings), metrics=ServingMetrics(),
+        )
+        self.api_keys = ApiKeys.from_settings(settings)
+
+    def __serve_build_asgi_app__(self):
+        return build_api(self.core, self.api_keys)

@@ -1,0 +1,52 @@
+"""How the gateway reaches the foundation model: in-process (tests, plain uvicorn) or
+through the FoundationModel deployment's handle (Ray Serve). Both expose
+`score(task, texts) -> [N, C]` and the model's ref."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import numpy as np
+
+from protege.config import TaskSpec
+from protege.foundation.backend import FoundationBackend
+from protege.schemas import ModelRef
+
+
+class FoundationClient(Protocol):
+    ref: ModelRef | None
+
+    async def score(self, task: TaskSpec, texts: list[str]) -> np.ndarray: ...
+
+    async def ready(self) -> ModelRef: ...
+
+
+class LocalFoundation:
+    """The backend in this process, run on a worker thread."""
+
+    def __init__(self, backend: FoundationBackend):
+        self.backend = backend
+        self.ref = backend.ref
+
+    async def score(self, task: TaskSpec, texts: list[str]) -> np.ndarray:
+        return await asyncio.to_thread(self.backend.predict_proba, task, texts)
+
+    async def ready(self) -> ModelRef:
+        return self.ref
+
+
+class HandleFoundation:
+    """The FoundationModel deployment; each text is one call so Serve batches them."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.ref: ModelRef | None = None
+
+    async def score(self, task: TaskSpec, texts: list[str]) -> np.ndarray:
+        rows = await asyncio.gather(*(self.handle.score.remote(task.name, t) for t in texts))
+        return np.asarray(rows, dtype=np.float32)
+
+    async def ready(self) -> ModelRef:
+        self.ref = ModelRef.model_validate(await self.handle.info.remote())
+        return self.ref

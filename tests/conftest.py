@@ -1,0 +1,50 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+
+import pytest
+
+# kafka-python 3.0 loads its protocol schemas through importlib.resources' legacy API:
+# hundreds of DeprecationWarnings at import that say nothing about this project.
+warnings.filterwarnings("ignore", r"(read|open)_text is deprecated", DeprecationWarning)
+
+from protege.config import Settings
+from protege.events.broker import EmbeddedBroker
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory):
+    """The embedded Tansu broker on a free loopback port, for the whole session.
+
+    Yields the `EmbeddedBroker`: `.bootstrap` ("127.0.0.1:PORT"), and `.kill()`,
+    `.stop()`, `.start()`, `.restart()` that keep the same port. Storage is memory:
+    a restart comes back empty. A test that stops it should start it again;
+    `kafka_settings` does so anyway.
+    """
+    broker = EmbeddedBroker(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log")
+    with broker:
+        yield broker
+
+
+@pytest.fixture
+def kafka_settings(kafka_broker, tmp_path) -> Settings:
+    """Settings on the session broker with topics of this test's own and a fresh spool.
+
+    Short timeouts: Tansu delays a new group member by about the session timeout.
+    """
+    kafka_broker.start()  # no-op when running; revives it after a test that stopped it
+    suffix = uuid.uuid4().hex[:8]
+    return Settings(
+        home=tmp_path,
+        kafka_bootstrap=kafka_broker.bootstrap,
+        kafka_topic_predictions=f"test.{suffix}.predictions",
+        kafka_topic_feedback=f"test.{suffix}.feedback",
+        kafka_topic_models=f"test.{suffix}.models",
+        kafka_session_timeout_ms=1000,
+        kafka_ack_timeout_s=1.0,
+        kafka_reconnect_max_s=0.5,
+        events_spool_fsync_s=0.05,
+    )

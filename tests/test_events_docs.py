@@ -1,0 +1,27 @@
+"""docs/events.md: its JSON examples are real events and its topic names the defaults."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from protege.config import Settings
+from protege.events.consumer import parse_event
+from protege.events.topics import topic_names
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "events.md"
+
+
+def test_every_json_example_is_a_valid_event_of_each_kind():
+    blocks = re.findall(r"```json\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+    events = [parse_event(block) for block in blocks]
+    assert [e.kind for e in events] == ["prediction", "feedback", "model"]
+    for block, event in zip(blocks, events, strict=True):
+        assert json.loads(event.model_dump_json()) == json.loads(block)  # no field left out
+
+
+def test_documented_topics_are_the_defaults():
+    text = DOC.read_text()
+    for name in topic_names(Settings()).values():
+        assert f"`{name}`" in text

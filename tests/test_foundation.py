@@ -1,0 +1,155 @@
+"""The foundation-model backends without Ray: prompts, label scoring, the real
+SmolLM2 through transformers, and the OpenAI-compatible path against a real
+server on loopback with the same model behind it."""
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import uvicorn
+
+from protege.config import PromptSpec, Settings
+from protege.foundation.backend import create_backend
+from protege.foundation.openai_backend import OpenAIBackend
+from protege.foundation.prompts import continuations, render_prompt
+from protege.foundation.scoring import label_probabilities
+from protege.foundation.server import build_fm_server
+from protege.foundation.transformers_backend import TransformersBackend
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return Settings().load_tasks()
+
+
+@pytest.fixture(scope="module")
+def intents(tasks):
+    """Six banking77 intents (one- to many-token names): cheap, same prompt machinery."""
+    task = tasks["banking77"]
+    return task.model_copy(update={"labels": [task.labels[i] for i in (0, 9, 15, 40, 60, 76)]})
+
+
+@pytest.fixture(scope="module")
+def backend() -> TransformersBackend:
+    return TransformersBackend.from_settings(Settings())
+
+
+def naive_loglik(backend: TransformersBackend, prefix: str, continuation: str) -> float:
+    """Score prefix+continuation in one plain forward pass, no cache, no padding."""
+    tok = backend.tokenizer
+    ids = tok(prefix, add_special_tokens=False)["input_ids"]
+    cont = tok(continuation, add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        logp = torch.log_softmax(backend.model(torch.tensor([ids + cont])).logits[0], -1)
+    return sum(float(logp[len(ids) - 1 + k, cont[k]]) for k in range(len(cont)))
+
+
+def test_prompt_names_every_label_and_ends_before_the_label_words(tasks):
+    task = tasks["youtube-spam"]
+    prompt = render_prompt(task, "nice   song\n")
+    assert "- spam: Self-promotion" in prompt and "- ham: A genuine" in prompt
+    assert prompt.endswith("Comment: nice song\nAnswer:")
+    assert continuations(task) == [" ham", " spam"]
+
+
+def test_few_shot_examples_are_rendered_like_the_question(tasks):
+    task = tasks["youtube-spam"]
+    prompt = PromptSpec(template=task.prompt.template, examples=[("sub to me", "SPAM")])
+    assert "Comment: sub to me\nAnswer: spam\n\nComment: hi\nAnswer:" in render_prompt(task, "hi", prompt)
+
+
+def test_length_normalization_divides_by_token_count():
+    loglik = np.array([[-2.0, -6.0]])
+    summed = label_probabilities(loglik, np.array([1, 3]), length_normalize=False)
+    mean = label_probabilities(loglik, np.array([1, 3]), length_normalize=True)
+    assert summed[0, 0] > 0.98
+    np.testing.assert_allclose(mean[0], [0.5, 0.5], atol=1e-6)
+    np.testing.assert_allclose(summed.sum(1), 1.0, atol=1e-6)
+
+
+def test_cached_label_scoring_equals_plain_forward_passes(backend, intents):
+    task = intents
+    texts = ["I am still waiting on my card?", "why was I charged a fee for topping up with my card"]
+    labels = continuations(task)
+    picked = [0, 1, 3, 5]  # one- to many-token intents
+    label_ids = [backend.tokenizer(labels[j], add_special_tokens=False)["input_ids"] for j in picked]
+    batched = backend.label_loglik([render_prompt(task, t) for t in texts], label_ids)
+    for i, text in enumerate(texts):
+        for col, j in enumerate(picked):
+            assert batched[i, col] == pytest.approx(naive_loglik(backend, render_prompt(task, text), labels[j]), abs=2e-3)
+
+
+def test_batched_texts_of_different_lengths_score_as_if_alone(backend, tasks):
+    task = tasks["youtube-spam"]
+    texts = ["wow", "Check out my new music video and subscribe to my channel for more!!! http://x.co"]
+    together = backend.predict_proba(task, texts)
+    alone = np.concatenate([backend.predict_proba(task, [t]) for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-4)
+    np.testing.assert_allclose(together.sum(1), 1.0, atol=1e-5)
+
+
+def test_label_chunks_do_not_change_scores(backend, intents, monkeypatch):
+    task = intents
+    text = ["how do I top up by bank transfer"]
+    full = backend.predict_proba(task, text)
+    import protege.foundation.transformers_backend as tb
+
+    monkeypatch.setattr(tb, "KV_BUDGET_TOKENS", 1)  # one label per chunk
+    np.testing.assert_allclose(backend.predict_proba(task, text), full, atol=1e-5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def fm_server_url(backend):
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(build_fm_server(backend, "smollm2"), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_openai_backend_scores_like_the_model_behind_the_endpoint(fm_server_url, backend, tasks):
+    task = tasks["youtube-spam"]
+    texts = ["Please subscribe to my channel!", "This song brings back memories"]
+    remote = OpenAIBackend(fm_server_url, "smollm2", api_key="unused").predict_proba(task, texts)
+    np.testing.assert_allclose(remote, backend.predict_proba(task, texts), atol=1e-3)
+
+
+def test_openai_backend_length_normalizes_multi_token_labels(fm_server_url, backend, intents):
+    task = intents
+    assert task.prompt.length_normalize
+    texts = ["My card still has not arrived"]
+    remote = OpenAIBackend(fm_server_url, "smollm2", api_key=None).predict_proba(task, texts)
+    np.testing.assert_allclose(remote, backend.predict_proba(task, texts), atol=1e-3)
+
+
+def test_fm_server_refuses_generation_and_unknown_models(fm_server_url):
+    import httpx
+
+    generate = httpx.post(f"{fm_server_url}/completions", json={"model": "smollm2", "prompt": "hi", "max_tokens": 5})
+    assert generate.status_code == 400 and "echo=true" in generate.json()["detail"]
+    other = httpx.post(f"{fm_server_url}/completions", json={"model": "gpt-x", "prompt": "hi", "max_tokens": 0, "echo": True})
+    assert other.status_code == 404
+
+
+def test_backend_choice_is_configuration():
+    assert isinstance(create_backend(Settings()), TransformersBackend)
+    with pytest.raises(ValueError, match="PROTEGE_OPENAI_BASE_URL"):
+        create_backend(Settings(fm_backend="openai"))
+    with pytest.raises(ValueError, match="PROTEGE_FM_MODEL"):
+        create_backend(Settings(fm_backend="vllm"))
+    with pytest.raises(RuntimeError, match="protege\\[gpu\\]"):
+        create_backend(Settings(fm_backend="vllm", fm_model="some/model"))

@@ -1,0 +1,98 @@
+"""A whole training round (distill -> evaluate -> calibrate -> gate -> register ->
+promote or reject), and training as a Ray task."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from protege import datasets
+from protege.config import DEFAULT_TASKS_FILE, GateSpec, TrainingSpec, load_tasks
+from protege.improver.trainer import run_round, train_on_ray
+from protege.improver.training import TrainingSet
+from protege.registry import CHAMPION, Registry
+from protege.schemas import ModelAction
+from protege.serving.specialist import Specialist
+
+LABELS = ["HAM", "SPAM"]
+
+
+@pytest.fixture(scope="module")
+def task():
+    spec = load_tasks(DEFAULT_TASKS_FILE)["youtube-spam"]
+    return spec.model_copy(update={
+        "training": TrainingSpec(families=["tfidf"]),
+        "gate": GateSpec(min_accuracy=0.8),
+    })
+
+
+@pytest.fixture(scope="module")
+def youtube():
+    return {split: datasets.youtube(split) for split in ("train", "valid", "test")}
+
+
+def weak_plus_gold(train, gold_share=0.2, seed=0, shuffle=False) -> TrainingSet:
+    rng = np.random.default_rng(seed)
+    votes = np.stack([(train.weak_labels == c).sum(1) for c in range(2)], 1).astype(float)
+    gold_rows = np.flatnonzero(rng.random(len(train)) < gold_share)
+    gold_labels = [train.labels[i] for i in gold_rows]
+    if shuffle:
+        votes = rng.permutation(votes)
+        gold_labels = list(rng.permutation(gold_labels))
+    return TrainingSet.build(LABELS, soft_texts=train.texts, soft_probs=votes,
+                             gold_texts=[train.texts[i] for i in gold_rows],
+                             gold_labels=gold_labels)
+
+
+def test_a_good_round_is_promoted_and_a_shuffled_one_rejected(task, youtube, tmp_path):
+    registry = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "art").as_uri(),
+                        tmp_path / "cache")
+    test = youtube["test"]
+    rng = np.random.default_rng(0)
+    fm = np.where(rng.random(len(test)) < 0.85, test.y, 1 - test.y)  # an 85 % FM
+    events = []
+    valid = (youtube["valid"].texts, youtube["valid"].labels)
+
+    first = run_round(task, weak_plus_gold(youtube["train"]), (test.texts, test.labels),
+                      registry, validation=valid, fm_test_predictions=fm,
+                      lf_report={"lfs": 10}, label_model="majority_vote",
+                      publish=events.append, use_ray=False, progress=False)
+    print(f"\n{first.table()}\ncascade: {first.calibration}")
+    assert first.decision.passed and first.event.action == ModelAction.promoted
+    assert registry.alias_version(task.name, CHAMPION) == first.version
+    served = Specialist(registry.download(task.name), LABELS)
+    assert served.meta.version == first.version
+    assert served.meta.threshold == pytest.approx(first.calibration.threshold)
+    assert first.calibration.met and first.calibration.cascade_accuracy >= 0.85 - 0.05
+    assert first.metrics["candidate"].accuracy >= 0.9
+
+    second = run_round(task, weak_plus_gold(youtube["train"], shuffle=True),
+                       (test.texts, test.labels), registry, validation=valid,
+                       fm_test_predictions=fm, publish=events.append, use_ray=False,
+                       progress=False)
+    assert not second.decision.passed
+    assert second.event.action == ModelAction.rejected and second.event.reasons
+    assert second.champion_version == first.version
+    assert registry.alias_version(task.name, CHAMPION) == first.version  # still serving
+    assert [e.action for e in events] == [ModelAction.promoted, ModelAction.rejected]
+    assert {i.version: i.status for i in registry.list(task.name)} == {
+        first.version: "promoted", second.version: "rejected"}
+
+
+def test_training_runs_as_a_ray_task(task, youtube, tmp_path):
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        train = youtube["train"].subset(range(200))
+        data = TrainingSet.from_gold(LABELS, train.texts, train.labels)
+        candidate = train_on_ray(task, data, progress=False)
+    finally:
+        if started_here:
+            ray.shutdown()
+    assert candidate.family == "tfidf" and candidate.files.onnx
+    folder = candidate.write(tmp_path / "from-ray")
+    assert Specialist(folder, LABELS).predict_proba(["subscribe to my channel"]).shape == (1, 2)
