@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The local demo runs without API keys (and says so loudly); set keys for real use.
 run: $(STAMP)
-	$(BIN)/protege up --demo-curl
+	PROTEGE_AUTH_DISABLED=$${PROTEGE_AUTH_DISABLED:-true} $(BIN)/protege up
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -8,14 +8,20 @@ import json
 import numpy as np
 import pytest
 import yaml
-
 from protege import datasets
 from protege.cli import main
 from protege.config import DEFAULT_TASKS_FILE, load_tasks
 from protege.improver.prompt_lfs import prompt_key
 from protege.improver.sources import default_model_name
 from protege.improver.store import ExampleStore
-from protege.schemas import FeedbackEvent, LabelProbability, ModelOutput, ModelRef, PredictionEvent, Route
+from protege.schemas import (
+    FeedbackEvent,
+    LabelProbability,
+    ModelOutput,
+    ModelRef,
+    PredictionEvent,
+    Route,
+)
 
 
 def seed_store(url: str, task: str, split: str, n: int, seed: int = 0) -> list[str]:
@@ -30,21 +36,34 @@ def seed_store(url: str, task: str, split: str, n: int, seed: int = 0) -> list[s
         truth = ds.labels[i]
         served = truth if rng.random() < 0.7 else str(rng.choice([x for x in names if x != truth]))
         probs = [LabelProbability(label=served, probability=0.8)]
-        fm = ModelOutput(model=ModelRef(model="fm", version="1"), label=names[0], probabilities=probs)
+        fm = ModelOutput(
+            model=ModelRef(model="fm", version="1"), label=names[0], probabilities=probs
+        )
         pid = f"{task}-{k}"
         events.append(
             PredictionEvent(
-                prediction_id=pid, task=task, text=ds.texts[i], label=served, probabilities=probs,
-                route=Route.specialist, served_by=ModelRef(model="tfidf", version="1"),
-                foundation=fm, latency_ms=1.0, timestamp=float(k),
+                prediction_id=pid,
+                task=task,
+                text=ds.texts[i],
+                label=served,
+                probabilities=probs,
+                route=Route.specialist,
+                served_by=ModelRef(model="tfidf", version="1"),
+                foundation=fm,
+                latency_ms=1.0,
+                timestamp=float(k),
             )
         )
         if k % 3 == 0:
             ok = served == truth
             events.append(
                 FeedbackEvent(
-                    prediction_id=pid, task=task, verdict="up" if ok else "down",
-                    label=None if ok else truth, reviewer="ann", timestamp=float(k) + 0.5,
+                    prediction_id=pid,
+                    task=task,
+                    verdict="up" if ok else "down",
+                    label=None if ok else truth,
+                    reviewer="ann",
+                    timestamp=float(k) + 0.5,
                 )
             )
     store = ExampleStore(url)
@@ -85,10 +104,24 @@ def run(capsys, *argv: str) -> str:
 
 
 @pytest.mark.parametrize("task", ["youtube-spam", "banking77"])
-def test_lf_report_json_has_every_lf_with_coverage_conflicts_and_gold_accuracy(capsys, seeded, tasks_file, task):
+def test_lf_report_json_has_every_lf_with_coverage_conflicts_and_gold_accuracy(
+    capsys, seeded, tasks_file, task
+):
     url, texts = seeded
-    out = run(capsys, "lf", "report", task, "--json", "--store", url, "--tasks-file", tasks_file,
-              "--sources", NO_PROMPTS, "--save")
+    out = run(
+        capsys,
+        "lf",
+        "report",
+        task,
+        "--json",
+        "--store",
+        url,
+        "--tasks-file",
+        tasks_file,
+        "--sources",
+        NO_PROMPTS,
+        "--save",
+    )
     report = json.loads(out)
     spec = load_tasks(tasks_file)[task]
     names = [lf["name"] for lf in report["lfs"]]
@@ -102,7 +135,10 @@ def test_lf_report_json_has_every_lf_with_coverage_conflicts_and_gold_accuracy(c
     by_name = {lf["name"]: lf for lf in report["lfs"]}
     assert by_name["reviewer_correction"]["accuracy"] == 1.0  # corrections are gold here
     assert {s["source"] for s in report["sources"]} == {"rule", "python", "feedback", "model"}
-    assert report["combined"]["coverage"] > 0 and report["label_model"]["chosen"] in ("snorkel", "majority")
+    assert report["combined"]["coverage"] > 0 and report["label_model"]["chosen"] in (
+        "snorkel",
+        "majority",
+    )
     saved = ExampleStore(url).reports(task, "lf_report")
     assert saved and saved[-1]["payload"]["lfs"] == report["lfs"]
 
@@ -110,7 +146,18 @@ def test_lf_report_json_has_every_lf_with_coverage_conflicts_and_gold_accuracy(c
 @pytest.mark.parametrize("task", ["youtube-spam", "banking77"])
 def test_lf_report_table_lists_lfs_sources_and_the_label_model(capsys, seeded, tasks_file, task):
     url, _ = seeded
-    out = run(capsys, "lf", "report", task, "--store", url, "--tasks-file", tasks_file, "--sources", NO_PROMPTS)
+    out = run(
+        capsys,
+        "lf",
+        "report",
+        task,
+        "--store",
+        url,
+        "--tasks-file",
+        tasks_file,
+        "--sources",
+        NO_PROMPTS,
+    )
     lines = out.splitlines()
     assert lines[0].startswith(f"task {task}: ")
     assert lines[1].startswith("label model: ")
@@ -120,8 +167,10 @@ def test_lf_report_table_lists_lfs_sources_and_the_label_model(capsys, seeded, t
     assert any(line.startswith("label_model ") for line in lines)
 
 
-def test_lf_report_uses_cached_prompt_scores_without_loading_the_fm(capsys, seeded, tasks_file, monkeypatch):
-    import protege.foundation.backend as backend
+def test_lf_report_uses_cached_prompt_scores_without_loading_the_fm(
+    capsys, seeded, tasks_file, monkeypatch
+):
+    from protege.foundation import backend
 
     def no_fm(*_):
         raise AssertionError("the FM must not load when every score is cached")
@@ -134,14 +183,30 @@ def test_lf_report_uses_cached_prompt_scores_without_loading_the_fm(capsys, seed
         key = prompt_key(task, spec, default_model_name())
         probs = np.tile([0.9, 0.1] if i == 0 else [0.3, 0.7], (len(texts["youtube-spam"]), 1))
         store.put_scores(key, texts["youtube-spam"], probs)
-    report = json.loads(run(capsys, "lf", "report", "youtube-spam", "--json", "--store", url, "--tasks-file", tasks_file))
+    report = json.loads(
+        run(
+            capsys,
+            "lf",
+            "report",
+            "youtube-spam",
+            "--json",
+            "--store",
+            url,
+            "--tasks-file",
+            tasks_file,
+        )
+    )
     prompts = {lf["name"]: lf for lf in report["lfs"] if lf["source"] == "prompt"}
-    assert prompts["prompt_is_spam"]["coverage"] == 1.0 and prompts["prompt_is_spam"]["polarity"] == ["HAM"]
+    assert prompts["prompt_is_spam"]["coverage"] == 1.0 and prompts["prompt_is_spam"][
+        "polarity"
+    ] == ["HAM"]
     assert prompts["prompt_self_promotion"]["coverage"] == 0.0  # 0.7 < its 0.75 threshold
 
 
 @pytest.mark.parametrize("task", ["youtube-spam", "banking77"])
-def test_errors_lists_disagreements_and_thumbs_down_grouped_by_label_with_votes(capsys, seeded, tasks_file, task):
+def test_errors_lists_disagreements_and_thumbs_down_grouped_by_label_with_votes(
+    capsys, seeded, tasks_file, task
+):
     url, _ = seeded
     common = ("--store", url, "--tasks-file", tasks_file, "--sources", NO_PROMPTS)
     data = json.loads(run(capsys, "errors", task, "--json", "--limit", "3", *common))
@@ -165,16 +230,57 @@ def test_gold_import_cli_adds_gold_and_rejects_unknown_labels(capsys, tmp_path, 
     url = f"sqlite:///{tmp_path / 'g.db'}"
     good = tmp_path / "gold.csv"
     good.write_text("text,label\nhello there,HAM\nbuy now http://x.co,SPAM\n")
-    summary = json.loads(run(capsys, "gold", "import", "youtube-spam", str(good), "--store", url, "--tasks-file", tasks_file))
+    summary = json.loads(
+        run(
+            capsys,
+            "gold",
+            "import",
+            "youtube-spam",
+            str(good),
+            "--store",
+            url,
+            "--tasks-file",
+            tasks_file,
+        )
+    )
     assert summary["imported"] == 2
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nhello,EGGS\n")
     with pytest.raises(SystemExit, match="unknown label 'EGGS'"):
-        main(["gold", "import", "youtube-spam", str(bad), "--store", url, "--tasks-file", tasks_file])
-    stats = json.loads(run(capsys, "gold", "stats", "youtube-spam", "--store", url, "--tasks-file", tasks_file))
+        main(
+            ["gold", "import", "youtube-spam", str(bad), "--store", url, "--tasks-file", tasks_file]
+        )
+    stats = json.loads(
+        run(capsys, "gold", "stats", "youtube-spam", "--store", url, "--tasks-file", tasks_file)
+    )
     assert stats["total"] == 2
 
 
 def test_unknown_task_is_a_clear_error(tasks_file, tmp_path):
     with pytest.raises(SystemExit, match="unknown task 'nope'"):
-        main(["lf", "report", "nope", "--store", f"sqlite:///{tmp_path / 's.db'}", "--tasks-file", tasks_file])
+        main(
+            [
+                "lf",
+                "report",
+                "nope",
+                "--store",
+                f"sqlite:///{tmp_path / 's.db'}",
+                "--tasks-file",
+                tasks_file,
+            ]
+        )
+
+
+def test_training_data_keeps_holdout_out_and_hands_the_trainer_a_training_set(seeded):
+    from protege.improver.gold import HOLDOUT
+    from protege.improver.training_data import build_training_data
+
+    url, _ = seeded
+    task = load_tasks(DEFAULT_TASKS_FILE)["youtube-spam"]
+    data = build_training_data(task, ExampleStore(url), sources=("rule", "python", "feedback"))
+    holdout = {g.text for g in data.holdout_gold()}
+    assert holdout and all(data.split[i] != HOLDOUT for i in data.training_rows())
+    training = data.to_training_set()
+    assert not holdout & set(training.texts)
+    assert training.gold.sum() == sum(1 for g in data.gold if g.split == "train")
+    assert len(training) > training.gold.sum()  # soft rows too

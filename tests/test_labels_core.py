@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from protege.config import DEFAULT_TASKS_FILE, LabelModelSpec, RuleSpec, load_tasks
 from protege.improver.feedback_lfs import feedback_lfs, rejected_labels
 from protege.improver.label_model import exclude_labels, fit_label_model, majority_proba, to_labels
@@ -155,9 +154,24 @@ def test_feedback_votes_confirmations_corrections_and_binary_rejections():
     fixed = DataPoint("b", reviews=(_review("down", "HAM", "SPAM"),))
     down = DataPoint("c", reviews=(_review("down", "HAM"),))
     split = DataPoint("d", reviews=(_review("up", "HAM"), _review("down", "HAM", who="bob")))
-    assert [lfs["reviewer_confirmed"](x) for x in (up, fixed, down, split)] == ["SPAM", None, None, None]
-    assert [lfs["reviewer_correction"](x) for x in (up, fixed, down, split)] == [None, "SPAM", None, None]
-    assert [lfs["reviewer_rejected"](x) for x in (up, fixed, down, split)] == [None, None, "SPAM", None]
+    assert [lfs["reviewer_confirmed"](x) for x in (up, fixed, down, split)] == [
+        "SPAM",
+        None,
+        None,
+        None,
+    ]
+    assert [lfs["reviewer_correction"](x) for x in (up, fixed, down, split)] == [
+        None,
+        "SPAM",
+        None,
+        None,
+    ]
+    assert [lfs["reviewer_rejected"](x) for x in (up, fixed, down, split)] == [
+        None,
+        None,
+        "SPAM",
+        None,
+    ]
 
 
 def test_multiclass_thumbs_down_rules_the_served_label_out():
@@ -179,7 +193,11 @@ def test_majority_vote_and_tie_break_are_deterministic():
     probs = majority_proba(L, 2)
     assert probs.tolist() == [[0.0, 1.0], [0.5, 0.5], [0.5, 0.5]]
     labels = to_labels(probs, (L != -1).any(axis=1), seed=3)
-    assert labels[0] == 1 and labels[2] == -1 and labels.tolist() == to_labels(probs, (L != -1).any(axis=1), seed=3).tolist()
+    assert (
+        labels[0] == 1
+        and labels[2] == -1
+        and labels.tolist() == to_labels(probs, (L != -1).any(axis=1), seed=3).tolist()
+    )
 
 
 def _synthetic(n=600, m=6, c=3, seed=0, accuracies=None):

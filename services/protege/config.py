@@ -347,6 +347,13 @@ class Settings(BaseSettings):
     specialist_batch_wait_s: float = Field(
         default=0.002, ge=0.0, description="How long a batch waits to fill: ~ one ONNX call."
     )
+    model_poll_s: float = Field(
+        default=30.0, gt=0.0,
+        description="How often replicas check the registry's champion (model events act at once).",
+    )
+    watch_registry: bool = Field(
+        default=True, description="Gateways follow the registry's champion (hot swap)."
+    )
 
     # Auth
     auth_disabled: bool = False
@@ -387,6 +394,10 @@ class Settings(BaseSettings):
     kafka_reconnect_max_s: float = Field(
         default=2.0, gt=0.0, description="Longest wait between reconnect tries while spooling."
     )
+    kafka_linger_ms: int = Field(
+        default=50, ge=0,
+        description="Producer batching delay; kafka-python's CPU cost is per batch, so batch.",
+    )
     kafka_session_timeout_ms: int = Field(
         default=10000, gt=0,
         description="Consumer group session; Tansu delays a new group's join by about this long.",
@@ -395,10 +406,12 @@ class Settings(BaseSettings):
         default=10000, gt=0, description="In-memory events awaiting Kafka; overflow goes to the spool."
     )
     events_spool_dir: Path | None = Field(
-        default=None, validate_default=True, description="Default: <home>/spool."
+        default=None, validate_default=True,
+        description="Default: <home>/spool; each producer process writes its own producer-<n>/.",
     )
     events_spool_max_bytes: int = Field(
-        default=1 << 30, gt=0, description="Disk budget of the spool; past it events are dropped."
+        default=1 << 30, gt=0,
+        description="Disk budget of each process's spool; past it events are dropped (logged).",
     )
     events_spool_segment_bytes: int = Field(default=16 << 20, gt=0)
     events_spool_fsync_s: float = Field(

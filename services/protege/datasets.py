@@ -27,8 +27,15 @@ YOUTUBE_SPLITS = ("train", "valid", "test")
 BANKING77_SPLITS = ("train", "test")
 # The order of WRENCH's youtube weak_labels columns (data/youtube/readme.txt).
 YOUTUBE_LF_NAMES = (
-    "keyword_my", "keyword_subscribe", "keyword_link", "keyword_please", "keyword_song",
-    "regex_check_out", "short_comment", "has_person_nlp", "textblob_polarity",
+    "keyword_my",
+    "keyword_subscribe",
+    "keyword_link",
+    "keyword_please",
+    "keyword_song",
+    "regex_check_out",
+    "short_comment",
+    "has_person_nlp",
+    "textblob_polarity",
     "textblob_subjectivity",
 )
 

@@ -7,7 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from protege.commands.task_options import add_source_arguments, add_task_arguments, open_task, sources_of
+from protege.commands.task_options import (
+    add_source_arguments,
+    add_task_arguments,
+    open_task,
+    sources_of,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

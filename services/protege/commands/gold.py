@@ -46,5 +46,13 @@ def handle_stats(args: argparse.Namespace) -> int:
     finally:
         store.close()
     by = Counter((g.split, g.source.split(":")[0]) for g in gold)
-    print(json.dumps({"task": task.name, "total": len(gold), **{f"{s}/{src}": n for (s, src), n in sorted(by.items())}}))
+    print(
+        json.dumps(
+            {
+                "task": task.name,
+                "total": len(gold),
+                **{f"{s}/{src}": n for (s, src), n in sorted(by.items())},
+            }
+        )
+    )
     return 0

@@ -14,14 +14,23 @@ import threading
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("improver", help="Run the improver (consume events into the store).")
+    parser = subparsers.add_parser(
+        "improver", help="Run the improver (consume events into the store)."
+    )
     sub = parser.add_subparsers(dest="improver_command", required=True)
-    run = sub.add_parser("run", help="Consume prediction and feedback events into the example store.")
+    run = sub.add_parser(
+        "run", help="Consume prediction and feedback events into the example store."
+    )
     run.add_argument("--store", help="SQLAlchemy URL (default: settings' store_url).")
     run.add_argument("--group", default=None, help="Consumer group (default protege-improver).")
-    run.add_argument("--batch-size", type=int, default=500, help="Most events per store transaction.")
     run.add_argument(
-        "--idle-exit", type=float, default=None, metavar="S",
+        "--batch-size", type=int, default=500, help="Most events per store transaction."
+    )
+    run.add_argument(
+        "--idle-exit",
+        type=float,
+        default=None,
+        metavar="S",
         help="Exit after S seconds without events (one-shot backfills, tests).",
     )
     run.set_defaults(handler=handle_run)
@@ -32,10 +41,14 @@ def handle_run(args: argparse.Namespace) -> int:
     from protege.improver.ingest import DEFAULT_GROUP_ID, Ingestor
     from protege.improver.store import ExampleStore
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = Settings()
     store = ExampleStore(args.store or settings.store_url)
-    ingestor = Ingestor(store, settings, group_id=args.group or DEFAULT_GROUP_ID, max_records=args.batch_size)
+    ingestor = Ingestor(
+        store, settings, group_id=args.group or DEFAULT_GROUP_ID, max_records=args.batch_size
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

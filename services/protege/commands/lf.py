@@ -7,7 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from protege.commands.task_options import add_source_arguments, add_task_arguments, open_task, sources_of
+from protege.commands.task_options import (
+    add_source_arguments,
+    add_task_arguments,
+    open_task,
+    sources_of,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,15 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle_report(args: argparse.Namespace) -> int:
-    from protege.improver.analysis import format_lf_report, lf_report
+    from protege.improver.analysis import format_lf_report, lf_report, save_lf_report
     from protege.improver.training_data import build_training_data
 
     _, task, store = open_task(args)
     try:
         data = build_training_data(task, store, sources=sources_of(args))
-        report = lf_report(data)
-        if args.save:
-            report["report_id"] = store.save_report(task.name, "lf_report", report)
+        report = save_lf_report(store, data) if args.save else lf_report(data)
     finally:
         store.close()
     print(json.dumps(report, indent=2) if args.json else format_lf_report(report))

@@ -25,7 +25,8 @@ def open_task(args: argparse.Namespace):
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--sources", default=None,
+        "--sources",
+        default=None,
         help="Comma-separated LF sources (rule,python,prompt,feedback,model); default all.",
     )
 

@@ -35,14 +35,25 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = {"http_port": args.port} if args.port else {}
     settings = Settings(**overrides)
+    broker = None
+    if not settings.kafka_bootstrap:
+        from protege.events.broker import EmbeddedBroker
+
+        broker = EmbeddedBroker().start()
+        settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+        print(f"embedded Kafka-protocol broker (Tansu, in memory) at {broker.bootstrap}")
     print(f"starting Protégé (tasks from {settings.tasks_file}); the first start converts the CPU model (~30 s)")
-    url = start_serve(settings, fast_ingress=args.fast_ingress)
-    print(f"\nProtégé is up at {url}\n\nTry:\n{curl_examples(url, settings.auth_disabled)}\n\nCtrl-C stops it.", flush=True)
     try:
+        url = start_serve(settings, fast_ingress=args.fast_ingress)
+        print(f"\nProtégé is up at {url}\n\nTry:\n{curl_examples(url, settings.auth_disabled)}\n\n"
+              f"Events: Kafka at {settings.kafka_bootstrap} (topics {settings.kafka_topic_predictions}, "
+              f"{settings.kafka_topic_feedback}, {settings.kafka_topic_models}).\nCtrl-C stops it.", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("\nstopping…")
     finally:
         stop_serve()
+        if broker is not None:
+            broker.stop()
     return 0

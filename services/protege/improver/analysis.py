@@ -2,7 +2,8 @@
 accuracy on gold (as Snorkel's ``LFAnalysis``), the same per source and for the label
 model's combined labels, and guided error analysis.
 
-- :func:`lf_report` / :func:`format_lf_report`: ``protege lf report TASK [--json]``.
+- :func:`lf_report` / :func:`format_lf_report`: ``protege lf report TASK [--json]``;
+  :func:`save_lf_report` keeps a copy per training run.
 - :func:`error_cases` / :func:`format_error_cases`: ``protege errors TASK``.
 - :func:`youtube_reference_report`, :func:`banking77_reference_report`: the figures
   on the shipped data sets, reproducible from a benchmark.
@@ -79,7 +80,9 @@ def _gold_stats(pred: np.ndarray, voted: np.ndarray, gold_y: np.ndarray | None) 
     }
 
 
-def source_summary(matrix: LabelMatrix, gold_y: np.ndarray | None = None, seed: int = 0) -> list[dict]:
+def source_summary(
+    matrix: LabelMatrix, gold_y: np.ndarray | None = None, seed: int = 0
+) -> list[dict]:
     """Per source (rules, prompts, ...): coverage and gold accuracy of its LFs' majority vote."""
     rows = []
     for source in dict.fromkeys(matrix.sources):
@@ -87,7 +90,11 @@ def source_summary(matrix: LabelMatrix, gold_y: np.ndarray | None = None, seed: 
         covered = sub.covered
         pred = to_labels(majority_proba(sub.L, len(matrix.label_names)), covered, seed)
         rows.append(
-            {"source": source, "lfs": len(sub.lf_names), "coverage": float(covered.mean()) if len(covered) else 0.0}
+            {
+                "source": source,
+                "lfs": len(sub.lf_names),
+                "coverage": float(covered.mean()) if len(covered) else 0.0,
+            }
             | _gold_stats(pred, covered, gold_y)
         )
     return rows
@@ -123,6 +130,15 @@ def lf_report(data, seed: int = 0) -> dict:
     }
 
 
+def save_lf_report(store, data, run_id: str | None = None) -> dict:
+    """Keep a copy of the run's LF report, label-model choice included, in the store:
+    call once per training run. Returns the report, with its ``report_id``."""
+    report = lf_report(data)
+    report["run_id"] = run_id
+    report["report_id"] = store.save_report(data.task.name, "lf_report", report, run_id=run_id)
+    return report
+
+
 def _label_counts(labels: np.ndarray, names: Sequence[str]) -> dict[str, int]:
     counts = np.bincount(labels[labels >= 0], minlength=len(names))
     return {names[i]: int(c) for i, c in enumerate(counts) if c}
@@ -139,12 +155,15 @@ def format_lf_report(report: dict) -> str:
         f"{'LF':<{width}}  {'source':<8}  {'cov%':>5}  {'ovl%':>5}  {'cfl%':>5}  "
         f"{'right':>5}  {'wrong':>5}  {'acc%':>5}  {'err':>4}  polarity"
     )
-    lines = [
+    summary = (
         f"task {report['task']}: {report['examples']} examples "
         f"({report['train']} train, {report['holdout']} holdout), {report['gold']} gold "
-        f"({report['gold_holdout']} holdout)",
-        f"label model: {report['label_model'].get('chosen')} "
-        f"({report['label_model'].get('reason', '')})",
+        f"({report['gold_holdout']} holdout)"
+    )
+    choice = report["label_model"]
+    lines = [
+        summary,
+        f"label model: {choice.get('chosen')} ({choice.get('reason', '')})",
         "",
         head,
         "-" * len(head),
@@ -156,7 +175,10 @@ def format_lf_report(report: dict) -> str:
             f"{_pct(r['conflicts'])}  {r['correct']:>5}  {r['incorrect']:>5}  {_pct(r['accuracy'])}  "
             f"{r['errors']:>4}  {polarity[:40]}"
         )
-    lines += ["", f"{'source':<{width}}  {'LFs':>4}  {'cov%':>5}  {'right':>5}  {'wrong':>5}  {'acc%':>5}"]
+    lines += [
+        "",
+        f"{'source':<{width}}  {'LFs':>4}  {'cov%':>5}  {'right':>5}  {'wrong':>5}  {'acc%':>5}",
+    ]
     for r in report["sources"] + [report["combined"]]:
         lines.append(
             f"{r['source']:<{width}}  {r['lfs']:>4}  {_pct(r['coverage'])}  {r['correct']:>5}  "
@@ -187,7 +209,9 @@ def error_cases(data, limit_per_label: int | None = 20, seed: int = 0) -> dict[s
         if not reasons:
             continue
         votes = {
-            data.matrix.lf_names[j]: names[v] for j, v in enumerate(data.matrix.L[i]) if v != ABSTAIN
+            data.matrix.lf_names[j]: names[v]
+            for j, v in enumerate(data.matrix.L[i])
+            if v != ABSTAIN
         }
         groups[lm or "(no label)"].append(
             {
@@ -200,7 +224,9 @@ def error_cases(data, limit_per_label: int | None = 20, seed: int = 0) -> dict[s
                 "gold": names[data.gold_y[i]] if data.gold_y[i] >= 0 else None,
                 "reasons": reasons,
                 "thumbs_down_by": downs,
-                "corrections": sorted({r.label for r in x.reviews if r.label and r.label != r.predicted}),
+                "corrections": sorted(
+                    {r.label for r in x.reviews if r.label and r.label != r.predicted}
+                ),
                 "votes": votes,
             }
         )
@@ -273,7 +299,9 @@ def youtube_reference_report(seed: int = 0) -> dict:
                 "test_accuracy_covered": float((pred[covered] == test.y[covered]).mean()),
                 "valid_accuracy": accuracy(
                     to_labels(model.predict_proba(L_valid), (L_valid != ABSTAIN).any(axis=1), seed),
-                    valid.y, seed, cardinality=2,
+                    valid.y,
+                    seed,
+                    cardinality=2,
                 ),
             }
         matrix = LabelMatrix(L_test, list(names), list(sources), train.label_names, {})
@@ -285,8 +313,11 @@ def youtube_reference_report(seed: int = 0) -> dict:
         return result
 
     out["wrench_lfs"] = score(
-        train.weak_labels, valid.weak_labels, test.weak_labels,
-        train.weak_label_names, ["wrench"] * len(train.weak_label_names),
+        train.weak_labels,
+        valid.weak_labels,
+        test.weak_labels,
+        train.weak_label_names,
+        ["wrench"] * len(train.weak_label_names),
     )
     lfs = task_lfs(task, sources=("rule", "python"))
     applier = LFApplier(lfs, task.label_names)
@@ -310,7 +341,7 @@ def simulate_reviews(
 
     rng = np.random.default_rng(seed)
     n = len(texts)
-    reviewed = rng.choice(n, size=int(round(fraction * n)), replace=False)
+    reviewed = rng.choice(n, size=round(fraction * n), replace=False)
     reviews: dict[int, tuple[str, tuple[Review, ...]]] = {}
     for i in reviewed:
         truth = labels[i]
@@ -343,21 +374,27 @@ def banking77_reference_report(
     """
     from protege import datasets
     from protege.config import DEFAULT_TASKS_FILE, load_tasks
-    from protege.improver.labeling import DataPoint, LFApplier
+    from protege.improver.labeling import DataPoint
     from protege.improver.sources import task_lfs
     from protege.improver.training_data import label_points
 
     task = load_tasks(DEFAULT_TASKS_FILE)["banking77"]
     if label_model_epochs:
         labeling = task.labeling.model_copy(
-            update={"label_model": task.labeling.label_model.model_copy(update={"epochs": label_model_epochs})}
+            update={
+                "label_model": task.labeling.label_model.model_copy(
+                    update={"epochs": label_model_epochs}
+                )
+            }
         )
         task = task.model_copy(update={"labeling": labeling})
     train = datasets.load("banking77", "train")
     if train_limit:
         rows = np.random.default_rng(seed).choice(len(train), size=train_limit, replace=False)
         train = train.subset(np.sort(rows))
-    reviews = simulate_reviews(train.texts, train.labels, task.label_names, review_fraction, seed=seed)
+    reviews = simulate_reviews(
+        train.texts, train.labels, task.label_names, review_fraction, seed=seed
+    )
     points = [
         DataPoint(
             text,
@@ -373,7 +410,9 @@ def banking77_reference_report(
     if prompt_sample and task.labeling.prompt_lfs:
         lfs += task_lfs(task, sources=["prompt"], backend=backend, cache=cache)
         prompt_rows = np.sort(
-            np.random.default_rng(seed + 7).choice(len(points), size=min(prompt_sample, len(points)), replace=False)
+            np.random.default_rng(seed + 7).choice(
+                len(points), size=min(prompt_sample, len(points)), replace=False
+            )
         )
         sample = {int(i) for i in prompt_rows}
         for lf in lfs:
@@ -393,9 +432,11 @@ def banking77_reference_report(
     labels = to_labels(data.probs, data.labeled, seed)
     per_lf = lf_summary(data.matrix, truth)
     per_source = source_summary(data.matrix, truth, seed)
-    combined = {"source": "label_model", "lfs": len(lfs), "coverage": float(data.labeled.mean())} | _gold_stats(
-        labels, data.labeled, truth
-    )
+    combined = {
+        "source": "label_model",
+        "lfs": len(lfs),
+        "coverage": float(data.labeled.mean()),
+    } | _gold_stats(labels, data.labeled, truth)
     # Without the reviews: what the LFs alone give on texts nobody reviewed.
     unreviewed = np.ones(len(points), dtype=bool)
     unreviewed[list(reviews)] = False
@@ -405,7 +446,7 @@ def banking77_reference_report(
     return {
         "examples": len(points),
         "reviewed": len(reviews),
-        "prompt_scored": int(len(prompt_rows)),
+        "prompt_scored": len(prompt_rows),
         "prompt_accuracy_on_sample": _prompt_sample_stats(data.matrix, prompt_rows, truth),
         "label_model": data.fit.choice,
         "lfs": per_lf,
@@ -440,7 +481,7 @@ def _prompt_sample_stats(matrix: LabelMatrix, rows: np.ndarray, truth: np.ndarra
         col = matrix.L[rows, j]
         voted = col != ABSTAIN
         out[name] = {
-            "scored": int(len(rows)),
+            "scored": len(rows),
             "coverage": float(voted.mean()),
             "accuracy": float((col[voted] == truth[rows][voted]).mean()) if voted.any() else None,
         }

@@ -57,11 +57,17 @@ def rejected_predictions(x: DataPoint) -> set[str]:
 def feedback_lfs(task: TaskSpec) -> list[LabelingFunction]:
     lfs = [
         LabelingFunction(
-            "reviewer_correction", correction, task=task.name, source="feedback",
+            "reviewer_correction",
+            correction,
+            task=task.name,
+            source="feedback",
             description="The label reviewers gave.",
         ),
         LabelingFunction(
-            "reviewer_confirmed", confirmed, task=task.name, source="feedback",
+            "reviewer_confirmed",
+            confirmed,
+            task=task.name,
+            source="feedback",
             description="The served label, confirmed by thumbs-up.",
         ),
     ]
@@ -72,11 +78,16 @@ def feedback_lfs(task: TaskSpec) -> list[LabelingFunction]:
             if correction(x) is not None:
                 return None
             wrong = rejected_predictions(x)
-            return next((lab for lab in labels if lab not in wrong), None) if len(wrong) == 1 else None
+            return (
+                next((lab for lab in labels if lab not in wrong), None) if len(wrong) == 1 else None
+            )
 
         lfs.append(
             LabelingFunction(
-                "reviewer_rejected", rejected, task=task.name, source="feedback",
+                "reviewer_rejected",
+                rejected,
+                task=task.name,
+                source="feedback",
                 description="The other label, when the served one got thumbs-down.",
             )
         )

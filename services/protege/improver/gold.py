@@ -56,7 +56,9 @@ def read_gold_file(path: Path | str, task: TaskSpec) -> list[tuple[str, str]]:
     elif path.suffix.lower() in (".csv", ".tsv"):
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            column = next((c for c in ("label", "category") if c in (reader.fieldnames or [])), None)
+            column = next(
+                (c for c in ("label", "category") if c in (reader.fieldnames or [])), None
+            )
             if "text" not in (reader.fieldnames or []) or column is None:
                 raise ValueError(f"{path}: needs a 'text' and a 'label' column")
             for line, row in enumerate(reader, start=2):
@@ -87,7 +89,9 @@ def gold_examples(
         if label is None:
             label, source = confirmed(x), "review:confirmed"
         if label is not None and label in task.label_names:
-            found[text_hash(x.text)] = GoldExample(x.text, label, source, split_of(x.text, fraction))
+            found[text_hash(x.text)] = GoldExample(
+                x.text, label, source, split_of(x.text, fraction)
+            )
     for text, label, source in store.gold_rows(task.name):
         found[text_hash(text)] = GoldExample(text, label, source, split_of(text, fraction))
     return list(found.values())

@@ -53,7 +53,9 @@ class Ingestor:
             from protege.events.consumer import EventConsumer
 
             topics = [settings.kafka_topic_predictions, settings.kafka_topic_feedback]
-            consumer = EventConsumer(settings, group_id=group_id, topics=topics, max_records=max_records)
+            consumer = EventConsumer(
+                settings, group_id=group_id, topics=topics, max_records=max_records
+            )
         self.consumer = consumer
         self.stored = 0
         self.already_stored = 0

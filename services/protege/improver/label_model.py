@@ -126,7 +126,9 @@ def to_labels(probs: np.ndarray, covered: np.ndarray, seed: int = 0) -> np.ndarr
     return labels
 
 
-def accuracy(pred: np.ndarray, y: np.ndarray, seed: int = 0, cardinality: int | None = None) -> float:
+def accuracy(
+    pred: np.ndarray, y: np.ndarray, seed: int = 0, cardinality: int | None = None
+) -> float:
     """Accuracy over all examples with a known label (y >= 0); an abstain counts as a
     random guess when `cardinality` is given (Snorkel's ``tie_break_policy='random'``),
     as wrong otherwise."""
@@ -202,7 +204,7 @@ def fit_label_model(
     covered = (L != ABSTAIN).any(axis=1) if L.size else np.zeros(len(L), dtype=bool)
     n_lfs = L.shape[1] if L.ndim == 2 else 0
     snorkel_ok = n_lfs >= SNORKEL_MIN_LFS and covered.sum() > 0
-    choice: dict = {"requested": kind, "n_lfs": n_lfs, "n_examples": int(len(L))}
+    choice: dict = {"requested": kind, "n_lfs": n_lfs, "n_examples": len(L)}
 
     if kind == "snorkel" and not snorkel_ok:
         choice["reason"] = f"snorkel needs >= {SNORKEL_MIN_LFS} LFs and some votes; used majority"
@@ -226,9 +228,8 @@ def fit_label_model(
             choice["reason"] = f"better on {n_gold} covered gold examples"
         else:
             kind = "snorkel" if "snorkel" in candidates else "majority"
-            choice["reason"] = (
-                f"{n_gold} covered gold examples (< {spec.min_gold}): default "
-                + ("snorkel" if kind == "snorkel" else f"majority (< {SNORKEL_MIN_LFS} LFs)")
+            choice["reason"] = f"{n_gold} covered gold examples (< {spec.min_gold}): default " + (
+                "snorkel" if kind == "snorkel" else f"majority (< {SNORKEL_MIN_LFS} LFs)"
             )
         model = candidates[kind]
     else:

@@ -123,7 +123,9 @@ class LabelingFunction:
                 self.errors += 1
                 if logged < LOGGED_ERRORS_PER_LF:
                     logged += 1
-                    log.warning("LF %s raised on %r; abstaining", self.name, x.text[:80], exc_info=True)
+                    log.warning(
+                        "LF %s raised on %r; abstaining", self.name, x.text[:80], exc_info=True
+                    )
                 votes.append(None)
         return votes
 
@@ -160,7 +162,9 @@ def lfs_from_modules(modules: Sequence[str], task: str | None = None) -> list[La
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:
-            raise ValueError(f"cannot import labeling functions module {module_name!r}: {exc}") from exc
+            raise ValueError(
+                f"cannot import labeling functions module {module_name!r}: {exc}"
+            ) from exc
         for value in vars(module).values():
             if isinstance(value, LabelingFunction) and value.task in (None, task):
                 found.append(value)
@@ -233,7 +237,9 @@ class LFApplier:
                 L[i, j] = index
             if unknown:
                 lf.errors += unknown
-                log.warning("LF %s voted %d times for labels the task does not have", lf.name, unknown)
+                log.warning(
+                    "LF %s voted %d times for labels the task does not have", lf.name, unknown
+                )
             errors[lf.name] = lf.errors - before
         if any(errors.values()):
             log.warning("LF errors (abstained): %s", {k: v for k, v in errors.items() if v})

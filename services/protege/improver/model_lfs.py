@@ -28,14 +28,20 @@ def model_lfs(task: TaskSpec) -> list[LabelingFunction]:
     if task.labeling.foundation_votes:
         lfs.append(
             LabelingFunction(
-                "foundation_model", foundation_vote, task=task.name, source="model",
+                "foundation_model",
+                foundation_vote,
+                task=task.name,
+                source="model",
                 description="The served FM's answer.",
             )
         )
     if task.labeling.specialist_votes:
         lfs.append(
             LabelingFunction(
-                "specialist_model", specialist_vote, task=task.name, source="model",
+                "specialist_model",
+                specialist_vote,
+                task=task.name,
+                source="model",
                 description="The current specialist's answer.",
             )
         )

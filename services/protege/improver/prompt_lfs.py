@@ -77,9 +77,11 @@ class PromptLF(LabelingFunction):
         backend: object | Callable[[], object],
         cache: ScoreCache | None = None,
         model_name: str | None = None,
-        max_batch: int = 16,
+        max_batch: int = 4,
     ):
-        super().__init__(spec.name, task=task.name, description=f"prompt, threshold {spec.threshold}")
+        super().__init__(
+            spec.name, task=task.name, description=f"prompt, threshold {spec.threshold}"
+        )
         self.spec = spec
         self.task_spec = task
         self._backend = backend

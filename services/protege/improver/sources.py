@@ -54,7 +54,11 @@ def default_model_name() -> str:
 
     settings = Settings()
     if settings.fm_model:
-        return Path(settings.fm_model).name if settings.fm_backend == "transformers" else settings.fm_model
+        return (
+            Path(settings.fm_model).name
+            if settings.fm_backend == "transformers"
+            else settings.fm_model
+        )
     from protege.foundation.smollm import MODEL_NAME
 
     return MODEL_NAME

@@ -190,7 +190,10 @@ class ExampleStore:
         now = time.time()
         conn.execute(
             events.insert(),
-            [{"event_id": e.event_id, "kind": e.kind, "task": e.task, "received_at": now} for e in new],
+            [
+                {"event_id": e.event_id, "kind": e.kind, "task": e.task, "received_at": now}
+                for e in new
+            ],
         )
         for event in new:
             if isinstance(event, PredictionEvent):
@@ -203,7 +206,9 @@ class ExampleStore:
 
     def _insert_prediction(self, conn, e: PredictionEvent) -> None:
         exists = conn.execute(
-            sa.select(predictions.c.prediction_id).where(predictions.c.prediction_id == e.prediction_id)
+            sa.select(predictions.c.prediction_id).where(
+                predictions.c.prediction_id == e.prediction_id
+            )
         ).first()
         if exists:  # the same prediction re-sent under a new event id: keep the first
             log.info("prediction %s already stored", e.prediction_id)
@@ -365,7 +370,10 @@ class ExampleStore:
         return found
 
     def put_scores(self, key: str, texts: Sequence[str], probs: np.ndarray) -> None:
-        rows = {text_hash(t): json.dumps([round(float(p), 6) for p in row]) for t, row in zip(texts, probs)}
+        rows = {
+            text_hash(t): json.dumps([round(float(p), 6) for p in row])
+            for t, row in zip(texts, probs)
+        }
         with self.engine.begin() as conn:
             have = set(
                 conn.execute(
@@ -374,7 +382,9 @@ class ExampleStore:
                     )
                 ).scalars()
             )
-            new = [{"key": key, "text_hash": h, "probs": p} for h, p in rows.items() if h not in have]
+            new = [
+                {"key": key, "text_hash": h, "probs": p} for h, p in rows.items() if h not in have
+            ]
             if new:
                 conn.execute(fm_scores.insert(), new)
 
@@ -385,7 +395,10 @@ class ExampleStore:
         with self.engine.begin() as conn:
             result = conn.execute(
                 reports.insert().values(
-                    task=task, kind=kind, run_id=run_id, created_at=time.time(),
+                    task=task,
+                    kind=kind,
+                    run_id=run_id,
+                    created_at=time.time(),
                     payload=json.dumps(payload, default=_json_default),
                 )
             )

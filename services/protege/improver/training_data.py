@@ -55,13 +55,38 @@ class TrainingData:
     def holdout_gold(self) -> list[GoldExample]:
         return [g for g in self.gold if g.split == HOLDOUT]
 
+    def to_training_set(self, gold_weight: float | None = None):
+        """The specialist's training set: probabilistic labels of the train split plus
+        the train split's gold (one-hot; a gold text is not also a soft row).
+        Holdout texts are left out entirely."""
+        from protege.improver.training.dataset import TrainingSet
 
-def collect_points(store: ExampleStore, task: TaskSpec) -> tuple[list[DataPoint], list[GoldExample]]:
+        gold = [g for g in self.gold if g.split == TRAIN]
+        gold_hashes = {text_hash(g.text) for g in gold}
+        rows = [i for i in self.training_rows() if text_hash(self.points[i].text) not in gold_hashes]
+        weight = self.task.training.gold_weight if gold_weight is None else gold_weight
+        return TrainingSet.build(
+            self.task.label_names,
+            soft_texts=[self.points[i].text for i in rows],
+            soft_probs=self.probs[rows] if rows else None,
+            gold_texts=[g.text for g in gold],
+            gold_labels=[g.label for g in gold],
+            gold_weight=weight,
+        )
+
+
+def collect_points(
+    store: ExampleStore, task: TaskSpec
+) -> tuple[list[DataPoint], list[GoldExample]]:
     """The task's traffic, plus imported gold texts never seen in traffic."""
     points = store.points(task.name)
     gold = gold_examples(store, task, points)
     seen = {text_hash(x.text) for x in points}
-    points += [DataPoint(g.text, uid=f"gold:{text_hash(g.text)[:12]}") for g in gold if text_hash(g.text) not in seen]
+    points += [
+        DataPoint(g.text, uid=f"gold:{text_hash(g.text)[:12]}")
+        for g in gold
+        if text_hash(g.text) not in seen
+    ]
     return points, gold
 
 

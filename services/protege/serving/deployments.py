@@ -17,8 +17,9 @@ from protege.serving.api import build_api
 from protege.serving.auth import ApiKeys
 from protege.serving.core import GatewayCore
 from protege.serving.foundation_client import HandleFoundation
-from protege.serving.metrics import ServingMetrics
+from protege.serving.metrics import EventLogMetrics, ServingMetrics
 from protege.serving.prediction_ids import PredictionIds
+from protege.serving.champion_watcher import ChampionWatcher
 from protege.serving.specialists import SpecialistSlots
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class FoundationModel:
     def __init__(self, settings: Settings):
         self.tasks = settings.load_tasks()
         self.backend = create_backend(settings)
+        self._score_batch.set_max_batch_size(settings.fm_max_batch)
 
     def info(self) -> dict:
         return self.backend.ref.model_dump()
@@ -62,11 +64,33 @@ class Gateway:
         tasks = settings.load_tasks()
         self.specialists = SpecialistSlots(tasks, settings)
         self.specialists.load_local()
+        self.events = event_producer(settings)
         self.core = GatewayCore(
             tasks, HandleFoundation(foundation), self.specialists,
             PredictionIds.from_settings(settings), metrics=ServingMetrics(),
+            publish=self.events.publish if self.events else None,
         )
         self.api_keys = ApiKeys.from_settings(settings)
+        self.watcher = None
+        if settings.watch_registry and settings.mlflow_tracking_uri:
+            self.watcher = ChampionWatcher(self.specialists, settings).start()
+
+    def __del__(self):
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.events is not None:
+            self.events.close(timeout=5)
 
     def __serve_build_asgi_app__(self):
         return build_api(self.core, self.api_keys)
+
+
+def event_producer(settings: Settings):
+    """The Kafka producer when a broker is configured (replicas on one node each take
+    their own spool slot, and adopt what dead ones left behind)."""
+    if not settings.kafka_bootstrap:
+        log.warning("PROTEGE_KAFKA_BOOTSTRAP is unset: predictions and feedback are not logged")
+        return None
+    from protege.events.producer import EventProducer
+
+    return EventProducer(settings, on_count=EventLogMetrics().count).start()

@@ -21,8 +21,12 @@ FAST_INGRESS_ENV = {
 }
 
 
-def start_serve(settings: Settings, app_name: str = "protege", fast_ingress: bool = False):
-    """Start Ray (local) and the app; returns the gateway's base URL once it is ready."""
+def start_serve(
+    settings: Settings, app_name: str = "protege", fast_ingress: bool = False,
+    metrics_port: int | None = None,
+):
+    """Start Ray (local) and the app; returns the gateway's base URL once it is ready.
+    Prometheus metrics (Serve's and Protégé's) are on `metrics_port` when given."""
     import ray
     from ray import serve
 
@@ -34,7 +38,7 @@ def start_serve(settings: Settings, app_name: str = "protege", fast_ingress: boo
     os.environ.update(env)
     if not ray.is_initialized():
         ray.init(
-            include_dashboard=False, log_to_driver=False,
+            include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port,
             runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("PROTEGE_", "RAY_SERVE_", "HF_", "TRANSFORMERS_"))}},
         )
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})

@@ -44,3 +44,16 @@ class ServingMetrics:
 
     def error(self, task: str, kind: str) -> None:
         self.errors.inc(tags={"task": task, "kind": kind})
+
+
+class EventLogMetrics:
+    """The event producer's counters (produced, spooled, replayed, dropped)."""
+
+    def __init__(self) -> None:
+        self.events = Counter(
+            "protege_events", description="Event-log counters: produced, spooled, replayed, dropped.",
+            tag_keys=("counter",),
+        )
+
+    def count(self, name: str, n: int) -> None:
+        self.events.inc(n, tags={"counter": name})

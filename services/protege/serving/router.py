@@ -38,11 +38,6 @@ class RoutedAnswer:
     shadow: bool = False  # the FM should also score this text, in the background
 
 
-def specialist_first(policy: Policy, has_specialist: bool) -> bool:
-    """Whether the specialist scores a text before anything else."""
-    return has_specialist and policy in (Policy.cascade, Policy.specialist_only)
-
-
 def escalates(policy: Policy, confidence: float, threshold: float) -> bool:
     """Whether a specialist answer with this confidence goes on to the FM."""
     return policy is Policy.cascade and confidence < threshold
@@ -72,7 +67,7 @@ class Router:
     ) -> list[RoutedAnswer]:
         """`specialist` is (its model ref, its scoring function, its threshold) or None."""
         policy = task.routing.policy
-        if specialist is None or not specialist_first(policy, True):
+        if specialist is None or policy is Policy.foundation_only:
             probs = await self.score_foundation(task, texts)
             ref = self.foundation_ref()
             return [

@@ -14,7 +14,10 @@ CARD_NOT_ARRIVED = re.compile(
     r"|\bwhere is my (new )?card\b|\bstill waiting (on|for) my (new )?card\b",
     re.IGNORECASE,
 )
-DECLINED_CARD = re.compile(r"\bcard\b.{0,30}\b(declined|rejected)\b|\b(declined|rejected)\b.{0,30}\bcard payment\b", re.IGNORECASE)
+DECLINED_CARD = re.compile(
+    r"\bcard\b.{0,30}\b(declined|rejected)\b|\b(declined|rejected)\b.{0,30}\bcard payment\b",
+    re.IGNORECASE,
+)
 TRANSFER_NOT_RECEIVED = re.compile(
     r"\b(friend|recipient|he|she|they|landlord|mother|father|brother|sister)\b.{0,40}"
     r"\b(hasn't|has not|haven't|have not|didn't|did not|not)\b.{0,20}\b(received?|got|get)\b",

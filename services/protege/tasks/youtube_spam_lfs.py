@@ -7,6 +7,7 @@ The keyword and regex ideas are YAML rules in deploy/tasks.yaml.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from protege.improver.labeling import labeling_function
@@ -16,16 +17,56 @@ WORD = re.compile(r"[A-Za-z']+")
 
 # The five videos of the YouTube Spam Collection and the people commenters name.
 PEOPLE = {
-    "psy", "katy", "perry", "eminem", "rihanna", "shakira", "lmfao", "redfoo", "skyler",
-    "justin", "bieber", "taylor", "swift", "marshall", "mathers", "gangnam",
+    "psy",
+    "katy",
+    "perry",
+    "eminem",
+    "rihanna",
+    "shakira",
+    "lmfao",
+    "redfoo",
+    "skyler",
+    "justin",
+    "bieber",
+    "taylor",
+    "swift",
+    "marshall",
+    "mathers",
+    "gangnam",
 }
 # Words TextBlob's lexicon scores at polarity 1.0 ("best", "perfect", ...).
 VERY_POSITIVE = {"best", "perfect", "awesome", "excellent", "wonderful", "magnificent", "greatest"}
 # Opinion words (TextBlob subjectivity >= 0.5 on their own).
 SUBJECTIVE = VERY_POSITIVE | {
-    "love", "loved", "like", "great", "good", "beautiful", "amazing", "nice", "cool", "favorite",
-    "favourite", "hate", "bad", "funny", "cute", "sexy", "pretty", "wow", "lol", "epic", "sad",
-    "happy", "stupid", "crazy", "fantastic", "incredible", "boring", "annoying", "gorgeous",
+    "love",
+    "loved",
+    "like",
+    "great",
+    "good",
+    "beautiful",
+    "amazing",
+    "nice",
+    "cool",
+    "favorite",
+    "favourite",
+    "hate",
+    "bad",
+    "funny",
+    "cute",
+    "sexy",
+    "pretty",
+    "wow",
+    "lol",
+    "epic",
+    "sad",
+    "happy",
+    "stupid",
+    "crazy",
+    "fantastic",
+    "incredible",
+    "boring",
+    "annoying",
+    "gorgeous",
 }
 
 
@@ -49,7 +90,7 @@ def has_person(x):
     if lowered & PEOPLE:
         return "HAM"
     # Two capitalized words in a row, not opening the comment: a name like "Katy Perry".
-    for a, b in zip(words[1:], words[2:]):
+    for a, b in itertools.pairwise(words[1:]):
         if a[0].isupper() and b[0].isupper() and not a.isupper() and not b.isupper():
             return "HAM"
     return None

@@ -1,0 +1,106 @@
+"""Keeps every task's specialist at the registry's `champion`: a ModelEvent on
+Kafka triggers a check at once; polling the alias is the fallback when an event
+is missed or Kafka is down. New models load in the background and swap
+atomically (`SpecialistSlots.swap`); a version that fails to load is not
+retried until the alias moves again."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+from protege.config import Settings
+from protege.schemas import ModelEvent
+from protege.serving.specialists import SpecialistSlots
+
+log = logging.getLogger(__name__)
+
+
+class ChampionWatcher:
+    def __init__(self, slots: SpecialistSlots, settings: Settings, registry=None):
+        self.slots = slots
+        self.settings = settings
+        self._registry = registry
+        self._failed: dict[str, str] = {}  # task -> version that failed to load
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def registry(self):
+        if self._registry is None:  # mlflow is a heavy import: only when first needed
+            from protege.registry import Registry
+
+            self._registry = Registry.from_settings(self.settings)
+        return self._registry
+
+    def check(self, task: str) -> bool:
+        """Load the champion of `task` if it is not what serves; True when swapped."""
+        version = self.registry.alias_version(task)
+        live = self.slots.get(task)
+        if version is None or (live and live.model.meta.version == version):
+            return False
+        if self._failed.get(task) == version:
+            return False
+        try:
+            folder = self.registry.download(task, version=version)
+        except Exception as exc:  # the artifact store may be briefly unreachable: retry later
+            log.warning("could not download %s champion %s: %r", task, version, exc)
+            return False
+        if self.slots.swap(task, folder):
+            self._failed.pop(task, None)
+            return True
+        self._failed[task] = version
+        return False
+
+    def check_all(self) -> None:
+        for task in self.slots.tasks:
+            try:
+                self.check(task)
+            except Exception:  # one task's registry trouble must not stop the others
+                log.exception("champion check failed for %s", task)
+
+    def start(self) -> ChampionWatcher:
+        self._thread = threading.Thread(target=self._run, name="protege-champion-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        consumer = self._model_events()
+        next_poll = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() >= next_poll:
+                self.check_all()
+                next_poll = time.monotonic() + self.settings.model_poll_s
+            if consumer is None:
+                self._stop.wait(min(1.0, self.settings.model_poll_s))
+                continue
+            try:
+                events = consumer.poll(timeout_s=1.0)
+                consumer.commit()
+            except Exception as exc:  # broker down: polling the alias covers us
+                log.warning("model-event consumer: %r", exc)
+                self._stop.wait(1.0)
+                continue
+            for task in {e.task for e in events if isinstance(e, ModelEvent)}:
+                if task in self.slots.tasks:
+                    self.check(task)
+
+    def _model_events(self):
+        if not self.settings.kafka_bootstrap:
+            return None
+        from protege.events.consumer import EventConsumer
+
+        try:
+            # A group of its own per replica: every replica must see every model event.
+            return EventConsumer(
+                self.settings, group_id=f"protege-gateway-{uuid.uuid4().hex[:12]}",
+                topics=[self.settings.kafka_topic_models],
+            )
+        except Exception as exc:
+            log.warning("no model events (polling only): %r", exc)
+            return None

@@ -1,0 +1,104 @@
+"""The gateway core without Ray: what gets recorded for each prediction (both
+models' outputs on escalation and shadow runs), and specialist swaps."""
+
+import asyncio
+
+import pytest
+
+from protege.config import RoutingSpec, Settings
+from protege.foundation.transformers_backend import TransformersBackend
+from protege.schemas import FeedbackEvent, FeedbackRequest, PredictionEvent, Route
+from protege.serving.core import GatewayCore, InputError, UnknownPrediction
+from protege.serving.foundation_client import LocalFoundation
+from protege.serving.prediction_ids import PredictionIds
+from protege.serving.specialists import SpecialistSlots
+from specialist_builder import build_youtube_specialist
+
+
+@pytest.fixture(scope="module")
+def foundation():
+    return LocalFoundation(TransformersBackend.from_settings(Settings()))
+
+
+@pytest.fixture(scope="module")
+def specialist_folder(tmp_path_factory):
+    return build_youtube_specialist(tmp_path_factory.mktemp("models") / "v1", version="1")
+
+
+def make_core(tmp_path, foundation, folder, shadow_rate=0.0):
+    settings = Settings(home=tmp_path)
+    tasks = settings.load_tasks()
+    youtube = tasks["youtube-spam"]
+    tasks["youtube-spam"] = youtube.model_copy(update={"routing": RoutingSpec(threshold=0.8, shadow_rate=shadow_rate)})
+    slots = SpecialistSlots(tasks, settings)
+    if folder is not None:
+        assert slots.swap("youtube-spam", folder)
+    events = []
+    core = GatewayCore(tasks, foundation, slots, PredictionIds(b"0123456789abcdef0123"), publish=events.append)
+    return core, events
+
+
+async def predict_and_settle(core, task, texts):
+    response = await core.predict(core.tasks[task], texts)
+    while core._background:  # shadow runs finish after the answer
+        await asyncio.sleep(0.05)
+    return response
+
+
+def test_shadow_runs_record_the_fm_answer_without_changing_the_response(tmp_path, foundation, specialist_folder):
+    core, events = make_core(tmp_path, foundation, specialist_folder, shadow_rate=1.0)
+    response = asyncio.run(predict_and_settle(core, "youtube-spam", ["Subscribe to my channel http://x.co"]))
+    (item,) = response.predictions
+    assert item.route is Route.specialist and item.served_by.model == "tfidf-lr"
+    (event,) = events
+    assert isinstance(event, PredictionEvent) and event.shadow
+    assert event.specialist.model.model == "tfidf-lr"
+    assert event.foundation.model.model == "smollm2-135m-instruct"
+    assert event.label == item.label and event.prediction_id == item.prediction_id
+
+
+def test_escalated_events_carry_both_outputs_and_direct_ones_only_the_answerer(tmp_path, foundation, specialist_folder):
+    core, events = make_core(tmp_path, foundation, specialist_folder)
+    texts = ["Subscribe to my channel http://x.co", "hmm ok"]
+    response = asyncio.run(predict_and_settle(core, "youtube-spam", texts))
+    by_id = {e.prediction_id: e for e in events}
+    for item in response.predictions:
+        event = by_id[item.prediction_id]
+        assert event.route is item.route and not event.shadow
+        assert (event.foundation is not None) == (item.route is Route.escalated)
+        assert event.specialist is not None
+
+
+def test_feedback_event_names_the_task_from_the_signed_id(tmp_path, foundation):
+    core, events = make_core(tmp_path, foundation, None)
+    pid = core.ids.new("banking77")
+    event = core.feedback(FeedbackRequest(prediction_id=pid, verdict="down", label="card_arrival", reviewer="r"))
+    assert isinstance(event, FeedbackEvent) and event.task == "banking77" and events == [event]
+    with pytest.raises(InputError):
+        core.feedback(FeedbackRequest(prediction_id=pid, verdict="down", label="SPAM", reviewer="r"))
+    with pytest.raises(UnknownPrediction):
+        core.feedback(FeedbackRequest(prediction_id=PredictionIds(b"another-secret-key-0").new("banking77"), verdict="up", reviewer="r"))
+
+
+def test_a_specialist_that_fails_to_load_leaves_the_old_one_serving(tmp_path, foundation, specialist_folder):
+    core, _ = make_core(tmp_path, foundation, specialist_folder)
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "model.onnx").write_bytes(b"not an onnx graph")
+    (corrupt / "model.json").write_text((specialist_folder / "model.json").read_text().replace('"1"', '"2"'))
+    assert not core.specialists.swap("youtube-spam", corrupt)
+    assert core.specialists.get("youtube-spam").model.ref.version == "1"
+    assert "model.onnx" in core.specialists.errors["youtube-spam"]
+    ready, detail = asyncio.run(core.readiness())
+    assert ready and "model.onnx" in detail["tasks"]["youtube-spam"]["specialist_error"]
+    assert core.summary(core.tasks["youtube-spam"]).models.specialist_error
+
+
+def test_prediction_ids_are_signed_per_deployment_secret():
+    ids = PredictionIds(b"0123456789abcdef0123")
+    pid = ids.new("youtube-spam")
+    assert ids.task_of(pid) == "youtube-spam"
+    assert ids.task_of(pid.replace("youtube-spam", "banking77", 1)) is None
+    assert PredictionIds(b"another-secret-key-0").task_of(pid) is None
+    with pytest.raises(ValueError):
+        PredictionIds(b"short")
