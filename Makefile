@@ -30,8 +30,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Every benchmark script in bench/, in turn (common.py and _*.py are helpers, not benchmarks).
 bench: $(STAMP)
-	$(BIN)/python bench/serving.py
+	@set -e; for script in bench/*.py; do \
+	  case $$(basename $$script) in common.py|_*) continue;; esac; \
+	  echo "== $$script"; $(BIN)/python $$script; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -48,3 +48,46 @@ def kafka_settings(kafka_broker, tmp_path) -> Settings:
         kafka_reconnect_max_s=0.5,
         events_spool_fsync_s=0.05,
     )
+
+
+@pytest.fixture(scope="session")
+def serving_app(tmp_path_factory, kafka_broker):
+    """The real Ray Serve app on a free port, for the whole session: auth on (keys
+    below), a youtube-spam TF-IDF specialist (version "7"), the SmolLM2 FM, every
+    prediction and feedback logged to the session broker, metrics on their own port.
+
+    Yields a `ServingApp` with `.url`, `.settings`, `.specialist` (the same model,
+    in-process) and `.metrics_port`.
+    """
+    from dataclasses import dataclass
+
+    from protege.events.broker import free_port
+    from protege.serving.launch import start_serve, stop_serve
+    from protege.serving.specialist import Specialist
+    from specialist_builder import build_youtube_specialist
+
+    @dataclass
+    class ServingApp:
+        url: str
+        settings: Settings
+        specialist: Specialist
+        metrics_port: int
+
+    home = tmp_path_factory.mktemp("serving-home")
+    folder = build_youtube_specialist(home / "models" / "youtube-spam" / "current", version="7")
+    suffix = uuid.uuid4().hex[:8]
+    settings = Settings(
+        home=home, http_port=free_port(),
+        api_keys=";".join(f"{role}-key={role}" for role in ("predict", "feedback", "admin")),
+        signing_secret="test-secret-of-at-least-16-bytes",
+        kafka_bootstrap=kafka_broker.bootstrap,
+        kafka_topic_predictions=f"app.{suffix}.predictions",
+        kafka_topic_feedback=f"app.{suffix}.feedback",
+        kafka_topic_models=f"app.{suffix}.models",
+        kafka_session_timeout_ms=1000, kafka_ack_timeout_s=1.0, kafka_reconnect_max_s=0.5,
+        events_spool_fsync_s=0.05, model_poll_s=2.0,
+    )
+    metrics_port = free_port()
+    url = start_serve(settings, app_name="protege-test", metrics_port=metrics_port)
+    yield ServingApp(url, settings, Specialist(folder, ["HAM", "SPAM"]), metrics_port)
+    stop_serve()

@@ -76,13 +76,11 @@ def test_prompt_lfs_on_the_real_cpu_foundation_model(tmp_path):
     texts = [
         "Check out my channel and subscribe! http://bit.ly/x",
         "Love this song so much",
-        "Katy Perry is amazing",
-        "Please visit my page for free gift cards",
-    ]
+    ]  # ~0.3 s per text and prompt on 2 free cores
     lfs = prompt_lfs(YOUTUBE, backend, cache=store)
     matrix = LFApplier(lfs, YOUTUBE.label_names).apply([DataPoint(t) for t in texts])
-    assert matrix.L.shape == (4, 2) and set(np.unique(matrix.L)) <= {-1, 0, 1}
+    assert matrix.L.shape == (2, 2) and set(np.unique(matrix.L)) <= {-1, 0, 1}
     for lf in lfs:
         probs = lf.scores(texts)  # now from the cache
-        assert probs.shape == (4, 2) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
-        assert lf.scored == 4
+        assert probs.shape == (2, 2) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+        assert lf.scored == 2

@@ -1,46 +1,15 @@
 """The real Ray Serve app over real HTTP: the gateway with an in-process ONNX
 specialist for youtube-spam, the SmolLM2 foundation model, auth on."""
 
-import json
-import socket
-
 import httpx
 import numpy as np
 import pytest
 
-from protege.config import Settings
-from protege.serving.launch import start_serve, stop_serve
-from protege.serving.specialist import Specialist
-from specialist_builder import build_youtube_specialist
 from protege import datasets
 
-KEYS = {"predict-key": "predict", "feedback-key": "feedback", "admin-key": "admin"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    folder = build_youtube_specialist(home / "models" / "youtube-spam" / "current", version="7")
-    settings = Settings(
-        home=home, http_port=free_port(),
-        api_keys=";".join(f"{k}={r}" for k, r in KEYS.items()),
-        signing_secret="test-secret-of-at-least-16-bytes",
-    )
-    metrics_port = free_port()
-    url = start_serve(settings, app_name="protege-test", metrics_port=metrics_port)
-    yield url, Specialist(folder, ["HAM", "SPAM"]), metrics_port
-    stop_serve()
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    with httpx.Client(base_url=app[0], timeout=120) as c:
+def client(serving_app):
+    with httpx.Client(base_url=serving_app.url, timeout=120) as c:
         yield c
 
 
@@ -65,8 +34,8 @@ def test_youtube_prediction_has_every_field(client):
     assert item["prediction_id"].startswith("youtube-spam.") and item["latency_ms"] > 0
 
 
-def test_cascade_escalates_exactly_the_unconfident_texts(app, client):
-    _, specialist = app
+def test_cascade_escalates_exactly_the_unconfident_texts(serving_app, client):
+    specialist = serving_app.specialist
     test = datasets.load("youtube-spam", "test")
     confidence = specialist.predict_proba(test.texts).max(axis=1)
     unsure = [test.texts[i] for i in np.argsort(confidence)[:3]]
@@ -201,14 +170,14 @@ def test_body_that_is_not_utf8_is_400(client):
 
 # ---------------------------------------------------------------- metrics
 
-def test_prometheus_metrics_count_predictions_by_task_route_and_model(app, client):
+def test_prometheus_metrics_count_predictions_by_task_route_and_model(serving_app, client):
     import time
 
     for _ in range(3):
         predict(client, "youtube-spam", {"text": "Subscribe to my channel!! http://bit.ly/x"})
     deadline, text = time.monotonic() + 60, ""
     while time.monotonic() < deadline:  # Ray exports metrics every few seconds
-        text = httpx.get(f"http://127.0.0.1:{app[2]}/metrics", timeout=10).text
+        text = httpx.get(f"http://127.0.0.1:{serving_app.metrics_port}/metrics", timeout=10).text
         if "protege_predictions" in text and "protege_predict_latency_ms" in text:
             break
         time.sleep(1)

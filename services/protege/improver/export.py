@@ -34,6 +34,7 @@ class SpecialistFiles:
     model: str
     onnx: bytes
     extra: dict[str, bytes] = field(default_factory=dict)
+    params: dict[str, object] = field(default_factory=dict)  # what training chose, for the run
 
     def write(
         self, folder: Path | str, *, task: str, labels: list[str], version: str,

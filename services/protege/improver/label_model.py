@@ -28,7 +28,7 @@ from protege.improver.labeling import ABSTAIN
 log = logging.getLogger(__name__)
 
 KINDS = ("snorkel", "majority")
-# Snorkel's model needs agreements among at least three LFs to identify their accuracies.
+# Snorkel's model needs agreements among at least three voting LFs to identify their accuracies.
 SNORKEL_MIN_LFS = 3
 
 
@@ -203,11 +203,12 @@ def fit_label_model(
     kind = kind or spec.kind
     covered = (L != ABSTAIN).any(axis=1) if L.size else np.zeros(len(L), dtype=bool)
     n_lfs = L.shape[1] if L.ndim == 2 else 0
-    snorkel_ok = n_lfs >= SNORKEL_MIN_LFS and covered.sum() > 0
+    n_voting = int((L != ABSTAIN).any(axis=0).sum()) if L.size else 0
+    snorkel_ok = n_voting >= SNORKEL_MIN_LFS
     choice: dict = {"requested": kind, "n_lfs": n_lfs, "n_examples": len(L)}
 
     if kind == "snorkel" and not snorkel_ok:
-        choice["reason"] = f"snorkel needs >= {SNORKEL_MIN_LFS} LFs and some votes; used majority"
+        choice["reason"] = f"snorkel needs >= {SNORKEL_MIN_LFS} LFs that vote; used majority"
         kind = "majority"
     if kind == "auto":
         candidates = {"majority": MajorityVote(cardinality).fit(L)}

@@ -91,6 +91,13 @@ def build_api(core: GatewayCore, api_keys: ApiKeys) -> FastAPI:
         ready, detail = await core.readiness()
         return JSONResponse({"ready": ready, **detail}, status_code=200 if ready else 503)
 
+    @router.get("/v1/admin/event-log", tags=["admin"], dependencies=[Depends(require("admin"))])
+    async def event_log() -> dict:
+        """This replica's event producer: produced, spooled, replayed, dropped, backlog."""
+        if core.event_stats is None:
+            raise HTTPException(404, "event logging is off (PROTEGE_KAFKA_BOOTSTRAP unset)")
+        return core.event_stats()
+
     app.include_router(router)
 
     @app.exception_handler(InputError)

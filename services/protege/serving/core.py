@@ -60,6 +60,7 @@ class GatewayCore:
         ids: PredictionIds,
         metrics: ServingMetrics | None = None,
         publish: Callable[[Event], None] | None = None,
+        event_stats: Callable[[], dict] | None = None,
     ):
         self.tasks = tasks
         self.foundation = foundation
@@ -67,6 +68,7 @@ class GatewayCore:
         self.ids = ids
         self.metrics = metrics
         self.publish = publish
+        self.event_stats = event_stats
         self.router = Router(foundation.score, lambda: foundation.ref or ModelRef(model="foundation", version="?"))
         self._background: set[asyncio.Task] = set()
 

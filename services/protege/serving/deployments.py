@@ -69,6 +69,7 @@ class Gateway:
             tasks, HandleFoundation(foundation), self.specialists,
             PredictionIds.from_settings(settings), metrics=ServingMetrics(),
             publish=self.events.publish if self.events else None,
+            event_stats=self.events.stats if self.events else None,
         )
         self.api_keys = ApiKeys.from_settings(settings)
         self.watcher = None
@@ -93,4 +94,6 @@ def event_producer(settings: Settings):
         return None
     from protege.events.producer import EventProducer
 
+    # kafka-python logs every failed reconnect at ERROR; the producer reports outages itself.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     return EventProducer(settings, on_count=EventLogMetrics().count).start()

@@ -103,6 +103,12 @@ class TrainingSet:
               among: np.ndarray | None = None) -> tuple[TrainingSet, TrainingSet]:
         """(rest, held_out): a seeded, per-label stratified hold-out of `fraction` of the
         rows, or of the rows where the boolean mask `among` is true."""
+        rest, held = self.split_rows(fraction, seed, among)
+        return self.subset(rest), self.subset(held)
+
+    def split_rows(self, fraction: float, seed: int,
+                   among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Row indices of `split`: (rest, held_out)."""
         rng = np.random.default_rng(seed)
         hard = self.targets.argmax(axis=1)
         eligible = np.ones(len(self), bool) if among is None else np.asarray(among, bool)
@@ -113,4 +119,4 @@ class TrainingSet:
             held.extend(rows[: round(fraction * len(rows))].tolist())
         held_mask = np.zeros(len(self), bool)
         held_mask[held] = True
-        return self.subset(np.flatnonzero(~held_mask)), self.subset(np.flatnonzero(held_mask))
+        return np.flatnonzero(~held_mask), np.flatnonzero(held_mask)

@@ -104,7 +104,7 @@ def train_specialist(
         "train_examples": len(train), "train_gold_examples": int(train.gold.sum()),
         "validation_examples": len(val_texts), "epochs": spec.epochs,
         "minilm_c": spec.minilm_c, "tfidf_c": spec.tfidf_c,
-        "gold_weight": spec.gold_weight, "num_gpus": spec.num_gpus,
+        "gold_weight": spec.gold_weight, "num_gpus": spec.num_gpus, **best.params,
     }
     return Candidate(task, labels, best_family, best, accuracy, seconds, params)
 
