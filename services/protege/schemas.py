@@ -204,3 +204,16 @@ class ModelEvent(Event):
     @property
     def key(self) -> str:
         return self.task
+
+
+class RetrainRequest(Event):
+    """Ask the improver to train a new candidate for `task` now (admin API or CLI);
+    it travels on the models topic, which the improver reads."""
+
+    kind: Literal["retrain"] = "retrain"
+    task: str
+    requested_by: str = "admin"
+
+    @property
+    def key(self) -> str:
+        return self.task

@@ -28,7 +28,9 @@ from pydantic import ValidationError
 from protege.config import Settings
 from protege.events.client import client_config
 from protege.events.topics import ensure_topics, topic_names
-from protege.schemas import EVENT_SCHEMA_VERSION, Event, FeedbackEvent, ModelEvent, PredictionEvent
+from protege.schemas import (
+    EVENT_SCHEMA_VERSION, Event, FeedbackEvent, ModelEvent, PredictionEvent, RetrainRequest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ EVENT_CLASSES: dict[str, type[Event]] = {
     "prediction": PredictionEvent,
     "feedback": FeedbackEvent,
     "model": ModelEvent,
+    "retrain": RetrainRequest,
 }
 KNOWN_SCHEMA_VERSIONS = frozenset(range(1, EVENT_SCHEMA_VERSION + 1))
 
@@ -97,7 +100,7 @@ class EventConsumer:
     ) -> None:
         self.settings = settings
         self.group_id = group_id
-        self.topics = list(topics) if topics is not None else list(topic_names(settings).values())
+        self.topics = list(dict.fromkeys(topics if topics is not None else topic_names(settings).values()))
         session_ms = settings.kafka_session_timeout_ms
         config = {
             **client_config(settings),

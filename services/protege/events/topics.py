@@ -24,6 +24,7 @@ def topic_names(settings: Settings) -> dict[str, str]:
         "prediction": settings.kafka_topic_predictions,
         "feedback": settings.kafka_topic_feedback,
         "model": settings.kafka_topic_models,
+        "retrain": settings.kafka_topic_models,  # requests for the improver ride with model events
     }
 
 

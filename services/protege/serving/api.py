@@ -15,7 +15,9 @@ from protege.config import TaskSpec
 from protege.schemas import (
     ErrorBody, FeedbackRequest, FeedbackResponse, PredictRequest, PredictResponse, TaskSummary,
 )
+from protege.serving.admin_api import build_admin_router
 from protege.serving.auth import ApiKeys, require
+from protege.serving.champion_watcher import ChampionWatcher
 from protege.serving.core import GatewayCore, InputError, UnknownPrediction
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ class Utf8Route(APIRoute):
         return checked
 
 
-def build_api(core: GatewayCore, api_keys: ApiKeys) -> FastAPI:
+def build_api(core: GatewayCore, api_keys: ApiKeys, watcher: ChampionWatcher | None = None) -> FastAPI:
     app = FastAPI(
         title="Protégé", version=__version__,
         description="Classify text with a specialist that a foundation model teaches; send feedback.",
@@ -99,6 +101,8 @@ def build_api(core: GatewayCore, api_keys: ApiKeys) -> FastAPI:
         return core.event_stats()
 
     app.include_router(router)
+    if watcher is not None:
+        app.include_router(build_admin_router(set(core.tasks), watcher, core.publish, Utf8Route))
 
     @app.exception_handler(InputError)
     async def input_error(_: Request, exc: InputError) -> JSONResponse:

@@ -83,7 +83,7 @@ class Gateway:
             self.events.close(timeout=5)
 
     def __serve_build_asgi_app__(self):
-        return build_api(self.core, self.api_keys)
+        return build_api(self.core, self.api_keys, self.watcher)
 
 
 def event_producer(settings: Settings):

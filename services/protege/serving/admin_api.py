@@ -1,0 +1,69 @@
+"""Admin routes: the registry's versions of a task's specialist, promotion,
+rollback (an alias move plus a ModelEvent: instant) and retraining on demand."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import Field
+
+from protege.schemas import Body, Event, ModelEvent, RetrainRequest
+from protege.serving.auth import require
+from protege.serving.champion_watcher import ChampionWatcher
+
+
+class VersionChoice(Body):
+    version: str | None = Field(default=None, description="Default: the challenger (promote) or the previous champion (rollback).")
+    reason: str | None = Field(default=None, max_length=500)
+
+
+def build_admin_router(
+    tasks: set[str], watcher: ChampionWatcher, publish: Callable[[Event], None] | None, route_class,
+) -> APIRouter:
+    router = APIRouter(prefix="/v1/admin/tasks/{task}", tags=["admin"], route_class=route_class,
+                       dependencies=[Depends(require("admin"))])
+
+    def known(task: str) -> str:
+        if task not in tasks:
+            raise HTTPException(404, f"unknown task {task!r}; known: {sorted(tasks)}")
+        return task
+
+    async def move(task: str, action: str, choice: VersionChoice) -> ModelEvent:
+        from protege.registry import RegistryError
+
+        registry = await asyncio.to_thread(lambda: watcher.registry)
+        operation = registry.promote if action == "promote" else registry.rollback
+        reasons = [choice.reason] if choice.reason else None
+        try:
+            event = await asyncio.to_thread(operation, task, choice.version, reasons=reasons, publish=publish)
+        except RegistryError as exc:
+            raise HTTPException(409, str(exc)) from None
+        await asyncio.to_thread(watcher.check, task)  # this replica swaps now; the event tells the others
+        return event
+
+    @router.get("/models")
+    async def list_models(task: str = Depends(known)) -> list[dict]:
+        """Every registered version, newest first, with its aliases and metrics."""
+        registry = await asyncio.to_thread(lambda: watcher.registry)
+        return [info.__dict__ for info in await asyncio.to_thread(registry.list, task)]
+
+    @router.post("/promote", response_model=ModelEvent)
+    async def promote(choice: VersionChoice, task: str = Depends(known)) -> ModelEvent:
+        return await move(task, "promote", choice)
+
+    @router.post("/rollback", response_model=ModelEvent)
+    async def rollback(choice: VersionChoice, task: str = Depends(known)) -> ModelEvent:
+        return await move(task, "rollback", choice)
+
+    @router.post("/retrain", status_code=202, response_model=RetrainRequest)
+    async def retrain(task: str = Depends(known)) -> RetrainRequest:
+        """Ask the improver for a new candidate now (it trains one task at a time)."""
+        if publish is None:
+            raise HTTPException(503, "no event log configured: the improver cannot be reached")
+        request = RetrainRequest(task=task)
+        publish(request)
+        return request
+
+    return router
