@@ -8,7 +8,6 @@ import uuid
 import httpx
 import numpy as np
 import pytest
-
 from protege import datasets
 from protege.events.consumer import EventConsumer
 from protege.schemas import FeedbackEvent, PredictionEvent
@@ -108,10 +107,9 @@ def test_a_dead_broker_never_slows_requests_and_loses_nothing(serving_app, clien
 
 
 def test_spooled_events_survive_a_gateway_restart(serving_app, client, confident_texts, kafka_broker):
-    from ray import serve
-
     from protege.serving.app import build_app
     from protege.serving.launch import wait_ready
+    from ray import serve
 
     kafka_broker.kill()
     try:

@@ -1,4 +1,5 @@
-"""docs/events.md: its JSON examples are real events and its topic names the defaults."""
+"""The README's event-log section: its JSON examples are real events and its topic
+names the defaults."""
 
 from __future__ import annotations
 
@@ -10,11 +11,18 @@ from protege.config import Settings
 from protege.events.consumer import parse_event
 from protege.events.topics import topic_names
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "events.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def section() -> str:
+    text = README.read_text()
+    start = text.index("## Event log")
+    end = text.index("\n## ", start + 1)
+    return text[start:end]
 
 
 def test_every_json_example_is_a_valid_event_of_each_kind():
-    blocks = re.findall(r"```json\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+    blocks = re.findall(r"```json\n(.*?)```", section(), flags=re.DOTALL)
     events = [parse_event(block) for block in blocks]
     assert [e.kind for e in events] == ["prediction", "feedback", "model"]
     for block, event in zip(blocks, events, strict=True):
@@ -22,6 +30,6 @@ def test_every_json_example_is_a_valid_event_of_each_kind():
 
 
 def test_documented_topics_are_the_defaults():
-    text = DOC.read_text()
+    text = section()
     for name in topic_names(Settings()).values():
         assert f"`{name}`" in text

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import uvicorn
-
 from protege.config import PromptSpec, Settings
 from protege.foundation.backend import create_backend
 from protege.foundation.openai_backend import OpenAIBackend

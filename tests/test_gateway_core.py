@@ -4,7 +4,6 @@ models' outputs on escalation and shadow runs), and specialist swaps."""
 import asyncio
 
 import pytest
-
 from protege.config import RoutingSpec, Settings
 from protege.foundation.transformers_backend import TransformersBackend
 from protege.schemas import FeedbackEvent, FeedbackRequest, PredictionEvent, Route

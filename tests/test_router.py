@@ -5,7 +5,6 @@ import asyncio
 
 import numpy as np
 import pytest
-
 from protege.config import Policy, RoutingSpec, TaskSpec
 from protege.schemas import ModelRef, Route
 from protege.serving.router import Router, escalates, in_shadow_sample

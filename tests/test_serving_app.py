@@ -4,8 +4,8 @@ specialist for youtube-spam, the SmolLM2 foundation model, auth on."""
 import httpx
 import numpy as np
 import pytest
-
 from protege import datasets
+
 
 @pytest.fixture(scope="module")
 def client(serving_app):

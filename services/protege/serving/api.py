@@ -13,7 +13,12 @@ from fastapi.routing import APIRoute
 from protege import __version__
 from protege.config import TaskSpec
 from protege.schemas import (
-    ErrorBody, FeedbackRequest, FeedbackResponse, PredictRequest, PredictResponse, TaskSummary,
+    ErrorBody,
+    FeedbackRequest,
+    FeedbackResponse,
+    PredictRequest,
+    PredictResponse,
+    TaskSummary,
 )
 from protege.serving.admin_api import build_admin_router
 from protege.serving.auth import ApiKeys, require

@@ -25,7 +25,7 @@ ROLES = frozenset({"predict", "feedback", "admin"})
 
 class ApiKeys:
     def __init__(self, keys: dict[str, frozenset[str]], disabled: bool = False):
-        for key, roles in keys.items():
+        for roles in keys.values():
             unknown = roles - ROLES
             if unknown:
                 raise ValueError(f"unknown roles {sorted(unknown)} for an API key; use {sorted(ROLES)}")

@@ -12,8 +12,17 @@ import numpy as np
 
 from protege.config import TaskSpec
 from protege.schemas import (
-    Event, FeedbackEvent, FeedbackRequest, LabelProbability, ModelOutput, ModelRef, Prediction,
-    PredictionEvent, PredictResponse, TaskModels, TaskSummary,
+    Event,
+    FeedbackEvent,
+    FeedbackRequest,
+    LabelProbability,
+    ModelOutput,
+    ModelRef,
+    Prediction,
+    PredictionEvent,
+    PredictResponse,
+    TaskModels,
+    TaskSummary,
 )
 from protege.serving.foundation_client import FoundationClient
 from protege.serving.metrics import ServingMetrics

@@ -15,11 +15,11 @@ from protege.config import Settings
 from protege.foundation.backend import create_backend
 from protege.serving.api import build_api
 from protege.serving.auth import ApiKeys
+from protege.serving.champion_watcher import ChampionWatcher
 from protege.serving.core import GatewayCore
 from protege.serving.foundation_client import HandleFoundation
 from protege.serving.metrics import EventLogMetrics, ServingMetrics
 from protege.serving.prediction_ids import PredictionIds
-from protege.serving.champion_watcher import ChampionWatcher
 from protege.serving.specialists import SpecialistSlots
 
 log = logging.getLogger(__name__)
