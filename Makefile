@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# The local demo runs without API keys (and says so loudly); set keys for real use.
+# The demo: broker, Serve app and improver on this machine, real traffic replayed with
+# simulated reviewers until a specialist takes over (ARGS='--task banking77' for the other
+# data set). It runs without API keys (and says so loudly); `protege up` is for real use.
 run: $(STAMP)
-	PROTEGE_AUTH_DISABLED=$${PROTEGE_AUTH_DISABLED:-true} $(BIN)/protege up
+	PROTEGE_AUTH_DISABLED=$${PROTEGE_AUTH_DISABLED:-true} $(BIN)/protege demo $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -20,9 +20,10 @@ import socket
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Self
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -59,7 +60,7 @@ def write_results(name: str, payload: dict) -> Path:
     """bench/results/<name>.json: small, committed, so that the README's figures have a source."""
     RESULTS_DIR.mkdir(exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    record = {"benchmark": name, "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    record = {"benchmark": name, "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
               "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), **payload}
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return path
@@ -124,7 +125,7 @@ class LoadClient:
     def close(self) -> None:
         self._pool.shutdown()
 
-    def __enter__(self) -> LoadClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -248,6 +249,22 @@ def cpu_seconds(pids: list[int]) -> float:
         except psutil.NoSuchProcess:
             pass
     return total
+
+
+def cpu_seconds_by_process(pids: list[int]) -> dict[str, float]:
+    """As `cpu_seconds`, per process name (Ray's `ray::Actor.method` titles cut to the actor)."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            name = proc.name().removeprefix("ray::").split(".")[0]
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        out[name] = out.get(name, 0.0) + times.user + times.system
+    return out
 
 
 def descendants(root: int, exclude: set[int]) -> list[int]:

@@ -43,8 +43,15 @@ import httpx
 from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    LoadClient, cpu_seconds, descendants, free_port, machine, ratio, write_results,
+from common import (
+    LoadClient,
+    cpu_seconds,
+    cpu_seconds_by_process,
+    descendants,
+    free_port,
+    machine,
+    ratio,
+    write_results,
     youtube_specialist,
 )
 
@@ -68,7 +75,6 @@ def plain_app(folder: Path):
     """The baseline: FastAPI calling the ONNX specialist in the handler, nothing else."""
     import numpy as np
     from fastapi import FastAPI
-
     from protege.serving.specialist import Specialist
 
     specialist = Specialist(folder)
@@ -119,13 +125,32 @@ def gateway_app(settings):
     return build_api(core, ApiKeys.from_settings(settings))
 
 
-def bench_settings(home: Path, port: int, kafka: str | None, topic: str = "bench.predictions"):
+def bench_settings(home: Path, port: int, kafka: str | None, topic: str = "bench.predictions",
+                   shadow: bool = False):
+    """Auth on, as in production. `shadow`: the shipped tasks file, whose shadow_rate
+    sends a share of specialist answers to the FM too; else the same file with
+    shadow_rate 0 for this task, so that the specialist path alone is measured."""
     from protege.config import Settings
 
     return Settings(
         home=home, http_port=port, api_keys=f"{API_KEY}=predict", signing_secret="bench-secret-0123456789",
         kafka_bootstrap=kafka, kafka_topic_predictions=topic,
+        tasks_file=home / ("tasks-shipped.yaml" if shadow else "tasks-no-shadow.yaml"),
     )
+
+
+def write_tasks_files(home: Path) -> float:
+    """The shipped tasks file, and a copy with this task's shadow_rate at 0; returns the shipped rate."""
+    import yaml
+    from protege.config import DEFAULT_TASKS_FILE
+
+    raw = yaml.safe_load(DEFAULT_TASKS_FILE.read_text(encoding="utf-8"))
+    (home / "tasks-shipped.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    task = next(t for t in raw["tasks"] if t["name"] == TASK)
+    shipped = float(task.get("routing", {}).get("shadow_rate", 0.0))
+    task.setdefault("routing", {})["shadow_rate"] = 0.0
+    (home / "tasks-no-shadow.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return shipped
 
 
 def serve_main(kind: str, home: Path, port: int, kafka: str | None, topic: str) -> None:
@@ -182,6 +207,7 @@ class Bench:
             broker_pid: int | None = None) -> dict:
         """One figure; `pids` are the server's processes, whose CPU is charged to it."""
         before, broker_before = cpu_seconds(pids), cpu_seconds([broker_pid] if broker_pid else [])
+        by_process = cpu_seconds_by_process(pids) if len(pids) > 1 else {}
         warmup = 1.0
         result = self.client.measure(
             url + path, self.bodies if path == PREDICT else None, concurrency, self.duration_s,
@@ -191,6 +217,11 @@ class Bench:
         # CPU over warm-up + window, per request in the window: warm-up runs at the same rate.
         scale = self.duration_s / (self.duration_s + warmup)
         result["server_cpu_ms_per_request"] = round((cpu_seconds(pids) - before) * scale * 1000 / requests, 3)
+        if by_process:  # Ray: where the CPU goes, per process, in ms per request
+            after = cpu_seconds_by_process(pids)
+            spent = {name: (after[name] - by_process.get(name, 0.0)) * scale * 1000 / requests for name in after}
+            result["server_cpu_ms_per_request_by_process"] = {
+                name: round(ms, 3) for name, ms in sorted(spent.items(), key=lambda kv: -kv[1]) if ms >= 0.05}
         if broker_pid:
             result["broker_cpu_ms_per_request"] = round(
                 (cpu_seconds([broker_pid]) - broker_before) * scale * 1000 / requests, 3)
@@ -270,24 +301,27 @@ def replica_port(pids: list[int]) -> int | None:
 
 
 def serve_phase(bench: Bench, home: Path, plain: Server, name: str, fast: bool, kafka: str | None,
-                broker_pid: int | None, concurrency: tuple[int, ...], healthz: bool = True) -> dict:
+                broker_pid: int | None, concurrency: tuple[int, ...], healthz: bool = True,
+                shadow: bool = False) -> dict:
     """Start the Serve app, measure it next to `plain` at each concurrency, stop it."""
-    from protege.config import Settings  # noqa: F401 - settings validate before Ray starts
     from protege.events.topics import ensure_topics
     from protege.serving.launch import start_serve, stop_serve
 
     topic = f"bench.predictions.{name}"
-    settings = bench_settings(home, free_port(), kafka, topic)
+    settings = bench_settings(home, free_port(), kafka, topic, shadow=shadow)
     if kafka:
         ensure_topics(settings)
+    if fast:  # HAProxy binds 0.0.0.0:8404 and :9101 by default: a second app on the machine collides
+        os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
+        os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
     started = time.monotonic()
     try:
         url = start_serve(settings, app_name="bench", fast_ingress=fast)
-    except Exception as exc:  # reported, not fatal: the other configurations still run
+    except Exception as exc:  # noqa: BLE001 - reported, not fatal: the other configurations still run
         print(f"  {name}: the Serve app did not start: {exc!r}"[:2000], flush=True)
         stop_serve()
         return {"name": name, "started": False, "error": repr(exc)[:2000]}
-    phase = {"name": name, "started": True, "fast_ingress": fast, "event_logging": bool(kafka),
+    phase = {"name": name, "started": True, "fast_ingress": fast, "event_logging": bool(kafka), "shadow": shadow,
              "startup_s": round(time.monotonic() - started, 1)}
     pids = bench.ray_pids()
     before = cpu_seconds(pids)
@@ -305,7 +339,7 @@ def serve_phase(bench: Bench, home: Path, plain: Server, name: str, fast: bool, 
                 bench.run(name, url, bench.ray_pids(), c, broker_pid=broker_pid)
             if healthz:
                 bench.run(name, url, bench.ray_pids(), 1, path="/healthz")
-            replica = replica_port(bench.ray_pids()) if fast else None
+            replica = replica_port(bench.ray_pids()) if fast and healthz else None
             if replica:  # direct ingress: the replica's own port, skipping HAProxy
                 phase["replica_port"] = replica
                 for c in (1, 32):
@@ -363,8 +397,8 @@ def summarize(rows: list[dict], configs: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=6.0, help="seconds measured per figure")
-    parser.add_argument("--no-fast", action="store_true", help="skip the fast-ingress configuration")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per figure")
+    parser.add_argument("--no-fast", action="store_true", help="skip the fast-ingress configurations")
     parser.add_argument("--server", choices=["plain", "gateway"], help=argparse.SUPPRESS)
     parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -374,7 +408,6 @@ def main() -> None:
     if args.server:
         return serve_main(args.server, args.home, args.port, args.kafka, args.topic)
 
-    from protege.config import Settings
     from protege.events.broker import EmbeddedBroker
     from protege.events.topics import ensure_topics
 
@@ -383,19 +416,20 @@ def main() -> None:
     context = {"machine_at_start": machine(), "duration_s_per_figure": args.duration}
     print(f"load average at start: {context['machine_at_start']['load_average_1_5_15']}", flush=True)
     home = Path(tempfile.mkdtemp(prefix="protege-bench-"))
+    shipped_shadow = write_tasks_files(home)
     folder = youtube_specialist(home / "models" / TASK / "current")
     bodies, threshold = confident_bodies(folder)
-    context.update(texts=len(bodies), threshold=threshold)
+    context.update(texts=len(bodies), threshold=threshold, shipped_shadow_rate=shipped_shadow)
     print(f"{len(bodies)} confident youtube test texts (specialist confidence >= {threshold} + 0.05)", flush=True)
 
     broker = EmbeddedBroker().start()
-    for topic in ("bench.predictions.gateway-events", "bench.predictions"):
-        ensure_topics(Settings(kafka_bootstrap=broker.bootstrap, kafka_topic_predictions=topic))
+    ensure_topics(bench_settings(home, 0, broker.bootstrap, "bench.predictions.gateway"))
+    gateway_topic = "bench.predictions.gateway"
     servers = {
         "plain": Server("plain", home),
-        "gateway-events": Server("gateway", home, broker.bootstrap, "bench.predictions.gateway-events"),
+        "gateway": Server("gateway", home, broker.bootstrap, gateway_topic),
         "gateway-no-events": Server("gateway", home),
-        "gateway-no-wait": Server("gateway", home, broker.bootstrap, "bench.predictions.gateway-events",
+        "gateway-no-wait": Server("gateway", home, broker.bootstrap, gateway_topic,
                                   env={"PROTEGE_SPECIALIST_BATCH_WAIT_S": "0"}),
     }
     phases = []
@@ -405,70 +439,92 @@ def main() -> None:
         own = {s.process.pid for s in servers.values()} | {broker.pid}
         with LoadClient() as client:
             bench = Bench(client, bodies, args.duration, own)
-            print("\nplain uvicorn vs Protégé's gateway on uvicorn (no Ray)", flush=True)
+            print("\nplain uvicorn vs Protégé's gateway on uvicorn (no Ray; no FM)", flush=True)
             for c in CONCURRENCY:
                 for name, server in servers.items():
                     if name == "gateway-no-wait" and c == 8:
                         continue  # the micro-batch wait matters alone (c=1) and full (c=32)
                     bench.run(name, server.url, [server.process.pid], c,
                               broker_pid=broker.pid if server.kafka else None)
-            for name in ("plain", "gateway-events"):
+            for name in ("plain", "gateway"):
                 bench.run(name, servers[name].url, [servers[name].process.pid], 1, path="/healthz")
-            plain = servers["plain"]
+            plain, kafka = servers["plain"], broker.bootstrap
             print("\nRay Serve, default proxy, event logging on", flush=True)
-            phases.append(serve_phase(bench, home, plain, "serve", False, broker.bootstrap, broker.pid,
-                                      CONCURRENCY))
+            phases.append(serve_phase(bench, home, plain, "serve", False, kafka, broker.pid, CONCURRENCY))
             print("\nRay Serve, default proxy, event logging off", flush=True)
             phases.append(serve_phase(bench, home, plain, "serve-no-events", False, None, None, (8, 32),
                                       healthz=False))
-            if not args.no_fast:  # last: its environment variables stay set in this process
+            if not args.no_fast:  # last: their environment variables stay set in this process
                 print("\nRay Serve, fast ingress, event logging on", flush=True)
-                phases.append(serve_phase(bench, home, plain, "serve-fast", True, broker.bootstrap,
-                                          broker.pid, CONCURRENCY))
+                phases.append(serve_phase(bench, home, plain, "serve-fast", True, kafka, broker.pid, CONCURRENCY))
+                print(f"\nRay Serve, fast ingress, event logging on, shipped shadow_rate {shipped_shadow}",
+                      flush=True)
+                phases.append(serve_phase(bench, home, plain, "serve-fast-shadow", True, kafka, broker.pid,
+                                          (32,), healthz=False, shadow=True))
     finally:
         for server in servers.values():
             server.stop()
         broker.stop()
+    context["machine_at_end"] = machine()
+    context["wall_s"] = round(time.monotonic() - t0, 1)
+    report(bench.rows, phases, context)
 
-    rows = bench.rows
-    summary = summarize(rows, ["gateway-events", "serve", "serve-no-events", "serve-fast"])
-    events = {}
-    for on, off in (("gateway-events", "gateway-no-events"), ("serve", "serve-no-events")):
-        for c in (8, 32):
+
+def report(rows: list[dict], phases: list[dict], context: dict) -> None:
+    """Print the ratios and write bench/results/serving.json."""
+    summary = summarize(rows, ["gateway", "serve", "serve-no-events", "serve-fast", "serve-fast-shadow"])
+    compare = {}
+    for what, on, off in (("event logging", "gateway", "gateway-no-events"),
+                          ("event logging", "serve", "serve-no-events"),
+                          ("micro-batch wait 2 ms", "gateway", "gateway-no-wait"),
+                          ("shipped shadow rate", "serve-fast-shadow", "serve-fast")):
+        for c in CONCURRENCY:
             a, b = find(rows, on, c), find(rows, off, c)
             if a and b:
-                events[f"{on} vs {off}, c={c}"] = {
+                compare[f"{what}: {on} / {off}, c={c}"] = {
                     "throughput_ratio": ratio(a["throughput_rps"], b["throughput_rps"]),
+                    "p50_ratio": ratio(a["p50_ms"], b["p50_ms"]),
                     "cpu_per_request_ratio": ratio(a["server_cpu_ms_per_request"], b["server_cpu_ms_per_request"]),
                 }
     between = {}
-    for name in ("plain", "gateway-events", "gateway-no-wait", "serve", "serve-fast", "serve-fast-replica"):
+    for name in ("plain", "gateway-no-wait", "gateway", "serve", "serve-fast", "serve-fast-replica"):
         predict, health = find(rows, name, 1), find(rows, name, 1, "/healthz")
         if predict:
             between[name] = {"predict_p50_ms": predict["p50_ms"], "healthz_p50_ms": health and health["p50_ms"],
                              "gateway_core_p50_ms": predict["server_latency_ms_p50"],
                              "cpu_ms_per_request": predict["server_cpu_ms_per_request"]}
-    context["machine_at_end"] = machine()
-    context["wall_s"] = round(time.monotonic() - t0, 1)
     path = write_results("serving", {
         **context, "targets": TARGETS, "phases": phases, "ratios_vs_plain": summary,
-        "event_logging_on_vs_off": events, "what_stands_between_c1": between, "rows": rows,
+        "on_vs_off": compare, "what_stands_between_c1": between, "rows": rows,
     })
 
-    print("\nRatios vs plain uvicorn (each Serve figure paired with the plain one taken just before it)")
+    print("\nRatios vs plain uvicorn (each figure paired with the plain one taken just before it)")
     print(f"  targets: latency p50 ratio <= {TARGETS['latency_ratio_max']}, "
           f"throughput ratio >= {TARGETS['throughput_ratio_min']}")
     for name, per_c in summary.items():
         for c, r in per_c.items():
             print(f"  {name:<18} c={c:<3} latency p50 x{r['latency_ratio_p50']}  p99 x{r['latency_ratio_p99']}  "
                   f"throughput x{r['throughput_ratio']}  server CPU/request x{r['cpu_per_request_ratio']}")
-    print(f"\nEvent logging on vs off (target throughput ratio >= {TARGETS['events_throughput_ratio_min']})")
-    for key, r in events.items():
-        print(f"  {key}: throughput x{r['throughput_ratio']}, server CPU/request x{r['cpu_per_request_ratio']}")
+    print(f"\nOn vs off (event logging target: throughput ratio >= {TARGETS['events_throughput_ratio_min']})")
+    for key, r in compare.items():
+        print(f"  {key}: throughput x{r['throughput_ratio']}, p50 x{r['p50_ratio']}, "
+              f"server CPU/request x{r['cpu_per_request_ratio']}")
     print("\nWhat stands between, at concurrency 1 (p50 ms; gateway core = the gateway's own latency_ms)")
     for name, b in between.items():
-        print(f"  {name:<16} predict {b['predict_p50_ms']}  healthz {b['healthz_p50_ms']}  "
+        print(f"  {name:<18} predict {b['predict_p50_ms']}  healthz {b['healthz_p50_ms']}  "
               f"gateway core {b['gateway_core_p50_ms']}  server CPU {b['cpu_ms_per_request']} ms/request")
+    print("\nWhere Ray's CPU goes at concurrency 32 (CPU ms per request, by process)")
+    for name in ("serve", "serve-fast", "serve-fast-shadow"):
+        row = find(rows, name, 32)
+        if row and row.get("server_cpu_ms_per_request_by_process"):
+            parts = ", ".join(f"{k} {v}" for k, v in list(row["server_cpu_ms_per_request_by_process"].items())[:6])
+            print(f"  {name:<18} {parts}")
+    for phase in phases:
+        if phase.get("started"):
+            print(f"  {phase['name']}: start {phase['startup_s']} s, idle Ray {phase['idle_cpu_cores']} cores"
+                  + (f", {phase['events_logged']} events logged" if "events_logged" in phase else ""))
+        else:
+            print(f"  {phase['name']}: did not start: {phase.get('error', '')[:300]}")
     print(f"\nload average at end: {context['machine_at_end']['load_average_1_5_15']}; "
           f"{context['wall_s']} s; written to {path}")
 

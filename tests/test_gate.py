@@ -139,10 +139,10 @@ def test_a_class_whose_recall_collapses_is_rejected(gold):
 
 @pytest.fixture(scope="module")
 def youtube_models(tmp_path_factory):
-    """Folders of a good TF-IDF specialist, one trained on shuffled labels, and a weak one
-    trained on 40 examples; with the youtube test split."""
-    train = datasets.youtube("train")
+    """Folders of a good TF-IDF specialist (800 gold texts), one trained on the same texts
+    with shuffled labels, and a weak one trained on 40; with the youtube test split."""
     rng = np.random.default_rng(0)
+    train = datasets.youtube("train").subset(rng.permutation(1586)[:800])
     good = TrainingSet.from_gold(LABELS, train.texts, train.labels)
     shuffled = TrainingSet.from_gold(LABELS, train.texts, list(rng.permutation(train.labels)))
     few = rng.permutation(len(train))[:40]
@@ -177,10 +177,12 @@ def test_a_candidate_trained_on_shuffled_labels_is_rejected(youtube_models):
 
 def test_a_good_candidate_passes_against_a_weak_champion(youtube_models):
     folders, test = youtube_models
+    # The weak champion calls most comments SPAM, so its SPAM recall is high: the good
+    # candidate gives some of it up (~0.11) for a +0.3 accuracy gain; allow that here.
     decision = gate_on_test(folders, test, "good", "weak",
-                            GateSpec(min_accuracy=0.8, min_gain=0.02))
+                            GateSpec(min_accuracy=0.8, min_gain=0.02, max_class_drop=0.2))
     assert decision.passed, decision.reasons
-    assert decision.p_value < 0.01
+    assert decision.p_value < 0.01 and decision.gain > 0.2
 
 
 # ------------------------------------------------------------------ cascade calibration

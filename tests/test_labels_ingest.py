@@ -68,7 +68,9 @@ def test_events_in_become_store_rows_once_each(kafka_settings, tmp_path):
     assert [(r.verdict, r.label) for r in late_joined.reviews] == [("down", "SPAM")]
 
 
-def _improver(settings, url: str, idle_exit: float) -> subprocess.Popen:
+def _improver(settings, url: str, idle_exit: float, log_path) -> subprocess.Popen:
+    """`protege improver run` in its own process; its log goes to a file (a pipe
+    nobody reads would fill up and stall it)."""
     env = {
         **os.environ,
         "PROTEGE_HOME": str(settings.home),
@@ -84,6 +86,7 @@ def _improver(settings, url: str, idle_exit: float) -> subprocess.Popen:
         "protege.cli",
         "improver",
         "run",
+        "--ingest-only",  # the intake alone: no training rounds
         "--store",
         url,
         "--batch-size",
@@ -94,7 +97,7 @@ def _improver(settings, url: str, idle_exit: float) -> subprocess.Popen:
         "labels-restart",
     ]
     return subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command, env=env, stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True
     )
 
 
@@ -110,7 +113,7 @@ def test_improver_killed_mid_stream_and_restarted_stores_every_event_exactly_onc
     store = ExampleStore(url)
     expected = {e.event_id for e in events}
 
-    first = _improver(kafka_settings, url, idle_exit=30)
+    first = _improver(kafka_settings, url, idle_exit=30, log_path=tmp_path / "first.log")
     deadline = time.monotonic() + 90
     stored_at_kill = 0
     while time.monotonic() < deadline:
@@ -118,16 +121,23 @@ def test_improver_killed_mid_stream_and_restarted_stores_every_event_exactly_onc
         if stored_at_kill >= 60:
             break
         if first.poll() is not None:
-            pytest.fail(f"improver exited early: {first.stderr.read()[-2000:]}")
+            pytest.fail(f"improver exited early: {(tmp_path / 'first.log').read_text()[-2000:]}")
         time.sleep(0.02)
     first.send_signal(signal.SIGKILL)  # no clean shutdown: a crash
     first.wait(10)
     stored_at_kill = store.counts()["events"]
-    assert 0 < stored_at_kill < len(expected), "the kill must land mid-stream"
+    first_log = (tmp_path / "first.log").read_text()
+    assert 0 < stored_at_kill < len(expected), (
+        f"kill not mid-stream ({stored_at_kill}): {first_log[-3000:]}"
+    )
 
-    second = _improver(kafka_settings, url, idle_exit=3)
-    out, err = second.communicate(timeout=120)
-    assert second.returncode == 0, err[-2000:]
+    second = _improver(kafka_settings, url, idle_exit=3, log_path=tmp_path / "second.log")
+    try:
+        out, _ = second.communicate(timeout=120)
+    finally:
+        second.kill()
+        print((tmp_path / "second.log").read_text()[-5000:])
+    assert second.returncode == 0
     stats = json.loads(out.strip().splitlines()[-1])
 
     assert set(store.event_ids()) == expected  # nothing lost, nothing extra

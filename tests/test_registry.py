@@ -17,7 +17,7 @@ from protege.schemas import ModelAction
 from protege.serving.specialist import Specialist, SpecialistLoadError
 
 LABELS = ["HAM", "SPAM"]
-POSTGRES = "postgresql://127.0.0.1:5432"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432"  # .ci/run starts the machine's Postgres
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +33,15 @@ def specialist_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def postgres_uri():
     """A fresh database on the local Postgres, dropped afterwards."""
-    psycopg2 = pytest.importorskip("psycopg2")
+    import psycopg
+
     name = f"protege_mlflow_test_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = psycopg2.connect(f"{POSTGRES}/test")
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"no Postgres at {POSTGRES}: {exc}")
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    yield f"{POSTGRES}/{name}"
-    admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with psycopg.connect(f"{POSTGRES}/test", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"{POSTGRES.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # One module per subcommand group; add a name here to add a command.
-COMMAND_MODULES = ["up", "fm_server", "broker", "models", "lf", "errors", "gold", "improver"]
+COMMAND_MODULES = ["up", "demo", "fm_server", "broker", "models", "lf", "errors", "gold", "improver"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -223,8 +223,8 @@ class TrainingSpec(StrictModel):
     )
     minilm_c: float | None = Field(
         default=None, gt=0.0,
-        description="Inverse L2 strength of the MiniLM head (as sklearn's C); unset: picked "
-        "from 1, 10, 100 on a hold-out of the training rows (youtube likes 1, banking77 10).",
+        description="Inverse L2 strength of the MiniLM head (as sklearn's C); unset: 1 or 10 by "
+        "3-fold cross-validation on the training rows (youtube likes 1, banking77 10).",
     )
     tfidf_c: float = Field(
         default=10.0, gt=0.0, description="Inverse L2 strength of the TF-IDF logistic regression."
@@ -235,6 +235,41 @@ class TrainingSpec(StrictModel):
     validation_fraction: float = Field(
         default=0.15, gt=0.0, lt=1.0,
         description="Held out of training to pick a family when no validation split is given.",
+    )
+
+
+class RetrainSpec(StrictModel):
+    """When the improver trains a new candidate for the task, and what a round may spend.
+
+    Triggers: every `every_feedback` new feedback events, every `every_minutes` (when
+    anything new arrived), and on a RetrainRequest (`POST /v1/admin/tasks/{task}/retrain`).
+    """
+
+    every_feedback: int | None = Field(
+        default=200, gt=0,
+        description="New feedback events between rounds; unset: no feedback trigger.",
+    )
+    every_minutes: float | None = Field(
+        default=None, gt=0.0,
+        description="Timer trigger (only when events arrived since the last round); unset: off.",
+    )
+    min_holdout_gold: int = Field(
+        default=20, ge=1,
+        description="Fewer held-out gold examples cannot tell a candidate from a coin: skip.",
+    )
+    fm_eval_max: int = Field(
+        default=64, ge=0,
+        description="Held-out texts the improver may send to the FM per round when no FM "
+        "output for them is recorded or cached (~0.3 s a text on CPU for 2 labels, ~5 s for 77).",
+    )
+    fm_calibration_min: int = Field(
+        default=20, ge=1,
+        description="Fewer held-out texts with an FM answer leave the cascade threshold uncalibrated.",
+    )
+    prompt_lf_budget: int = Field(
+        default=64, ge=0,
+        description="New texts each prompt LF may score per round (scores are cached, so "
+        "coverage grows round by round); the rest abstain until scored.",
     )
 
 
@@ -252,6 +287,7 @@ class TaskSpec(StrictModel):
     gate: GateSpec = Field(default_factory=GateSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     labeling: LabelingSpec = Field(default_factory=LabelingSpec)
+    retrain: RetrainSpec = Field(default_factory=RetrainSpec)
 
     @field_validator("labels")
     @classmethod
@@ -465,6 +501,20 @@ class Settings(BaseSettings):
     @classmethod
     def _store_under_home(cls, value: str | None, info: ValidationInfo) -> str:
         return value or f"sqlite:///{Path(info.data['home']) / 'store.db'}"
+
+    # Improvement: the improver service
+    improver_ray: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="Train as a Ray task: auto = when connected to Ray (RAY_ADDRESS or an "
+        "initialized Ray) and either the task asks for GPUs or its CPUs are free now.",
+    )
+    improver_check_s: float = Field(
+        default=5.0, gt=0.0, description="How often the improver checks each task's triggers."
+    )
+    improver_lease_s: float = Field(
+        default=3600.0, gt=0.0,
+        description="A training round's per-task lock expires after this long (a crashed round).",
+    )
 
     @property
     def models_dir(self) -> Path:

@@ -1,5 +1,6 @@
-"""`protege up`: the Serve app (gateway, specialists, foundation model) on this
-machine, until Ctrl-C."""
+"""`protege up`: the Serve app (gateway, specialists, foundation model), the event
+log (the embedded broker unless PROTEGE_KAFKA_BOOTSTRAP is set) and the improver on
+this machine, until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -30,30 +31,22 @@ def curl_examples(url: str, auth_disabled: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from protege.serving.launch import start_serve, stop_serve
+    from protege.stack import LocalStack
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = {"http_port": args.port} if args.port else {}
-    settings = Settings(**overrides)
-    broker = None
-    if not settings.kafka_bootstrap:
-        from protege.events.broker import EmbeddedBroker
-
-        broker = EmbeddedBroker().start()
-        settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
-        print(f"embedded Kafka-protocol broker (Tansu, in memory) at {broker.bootstrap}")
-    print(f"starting Protégé (tasks from {settings.tasks_file}); the first start converts the CPU model (~30 s)")
+    stack = LocalStack(Settings(**overrides), improver_args=[], fast_ingress=args.fast_ingress)
     try:
-        url = start_serve(settings, fast_ingress=args.fast_ingress)
-        print(f"\nProtégé is up at {url}\n\nTry:\n{curl_examples(url, settings.auth_disabled)}\n\n"
+        stack.start()
+        settings = stack.settings
+        print(f"\nProtégé is up at {stack.url}\n\nTry:\n{curl_examples(stack.url, settings.auth_disabled)}\n\n"
               f"Events: Kafka at {settings.kafka_bootstrap} (topics {settings.kafka_topic_predictions}, "
-              f"{settings.kafka_topic_feedback}, {settings.kafka_topic_models}).\nCtrl-C stops it.", flush=True)
+              f"{settings.kafka_topic_feedback}, {settings.kafka_topic_models}).\n"
+              f"Improver: log in {stack.improver_log}.\nCtrl-C stops it.", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("\nstopping…")
     finally:
-        stop_serve()
-        if broker is not None:
-            broker.stop()
+        stack.stop()
     return 0

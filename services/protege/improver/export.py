@@ -104,7 +104,11 @@ def torch_to_onnx(module, vocab_size: int) -> bytes:
     module = module.cpu().eval()
     example = (torch.randint(1, vocab_size, (2, 8)), torch.ones(2, 8, dtype=torch.long))
     buffer = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Tracing notes that python-side branches of the attention code are frozen; they
+        # depend on neither batch size nor length (tests compare padded and single runs).
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
         torch.onnx.export(
             module, example, buffer,
             input_names=["input_ids", "attention_mask"], output_names=["probabilities"],

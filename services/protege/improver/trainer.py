@@ -117,6 +117,7 @@ def run_round(
     *,
     validation: tuple[Sequence[str], Sequence] | None = None,
     fm_test_predictions: np.ndarray | None = None,
+    fm_rows: Sequence[int] | None = None,
     lf_report: Mapping | None = None,
     label_model: str | Mapping | None = None,
     publish: Publish | None = None,
@@ -128,19 +129,21 @@ def run_round(
     or reject it. Returns everything that was decided; `publish` gets the ModelEvent.
 
     `fm_test_predictions` are the FM's probabilities [N, C] (or label indices) on the
-    same gold texts; without them the cascade threshold is not calibrated."""
+    same gold texts; without them the cascade threshold is not calibrated. With
+    `fm_rows` they cover only those rows of `gold_test` (the FM is too slow on CPU to
+    score all of them): the FM is scored and the threshold calibrated on those rows."""
     lock = _lock_for(task.name)
     if not lock.acquire(blocking=False):
         raise TrainingInProgress(f"{task.name}: a training round is already running")
     try:
         return _run_round(task, train, gold_test, registry, validation, fm_test_predictions,
-                          lf_report, label_model, publish, use_ray, progress)
+                          fm_rows, lf_report, label_model, publish, use_ray, progress)
     finally:
         lock.release()
 
 
-def _run_round(task, train, gold_test, registry, validation, fm_test_predictions, lf_report,
-               label_model, publish, use_ray, progress) -> RoundResult:
+def _run_round(task, train, gold_test, registry, validation, fm_test_predictions, fm_rows,
+               lf_report, label_model, publish, use_ray, progress) -> RoundResult:
     labels = task.label_names
     if list(train.labels) != labels:
         raise ValueError(f"training labels {train.labels} differ from the task's {labels}")
@@ -156,12 +159,14 @@ def _run_round(task, train, gold_test, registry, validation, fm_test_predictions
         cand = evaluate_specialist(folder, texts, gold, labels)
         champion_version, champ, champion_problem = _evaluate_champion(registry, task, texts,
                                                                        gold)
-        fm = None if fm_test_predictions is None else score(fm_test_predictions, gold, labels)
+        rows = np.arange(len(gold)) if fm_rows is None else np.asarray(fm_rows, dtype=np.int64)
+        fm = None if fm_test_predictions is None else score(fm_test_predictions, gold[rows],
+                                                            labels)
 
         calibration = None
         if fm_test_predictions is not None:
-            calibration = calibrate_threshold(cand.probabilities, fm_test_predictions, gold,
-                                              task.gate.cascade_target_accuracy)
+            calibration = calibrate_threshold(cand.probabilities[rows], fm_test_predictions,
+                                              gold[rows], task.gate.cascade_target_accuracy)
             update_meta(folder, threshold=calibration.threshold)
 
         decision = decide(

@@ -63,7 +63,9 @@ class TrainingData:
 
         gold = [g for g in self.gold if g.split == TRAIN]
         gold_hashes = {text_hash(g.text) for g in gold}
-        rows = [i for i in self.training_rows() if text_hash(self.points[i].text) not in gold_hashes]
+        rows = [
+            i for i in self.training_rows() if text_hash(self.points[i].text) not in gold_hashes
+        ]
         weight = self.task.training.gold_weight if gold_weight is None else gold_weight
         return TrainingSet.build(
             self.task.label_names,

@@ -1,0 +1,84 @@
+"""The run's own deployment, so that every demo starts from day 0: a home in the run
+folder (empty store and registry), a copy of the tasks file with the demo's round
+budgets, the task owner's gold labels in its store, and, when auth is on, an API key
+that only this run knows."""
+
+from __future__ import annotations
+
+import csv
+import secrets
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from protege.config import Settings, load_tasks
+from protege.demo.options import DemoOptions
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def demo_settings(options: DemoOptions, folder: Path) -> tuple[Settings, dict[str, str]]:
+    """The run's settings and the client's headers."""
+    from protege.events.broker import free_port
+
+    base = Settings()
+    port = options.port or base.http_port
+    if options.port is None and not port_is_free(base.http_host, port):
+        port = free_port(base.http_host)
+    # Built anew, not model_copy'd: the store, registry and spool paths derive from home.
+    overrides: dict = {"home": folder / "home", "http_port": port,
+                       "tasks_file": write_tasks_file(base.tasks_file, options, folder)}
+    headers: dict[str, str] = {}
+    if not base.auth_disabled:
+        key = f"demo-{secrets.token_urlsafe(16)}"
+        overrides["api_keys"] = ";".join(filter(None, [base.api_keys, f"{key}=predict,feedback"]))
+        headers["Authorization"] = f"Bearer {key}"
+    return Settings(**overrides), headers
+
+
+def write_tasks_file(source: Path, options: DemoOptions, folder: Path) -> Path:
+    """A copy of `source` in `folder` whose demo task has the demo's round budgets (the
+    deployment's own file is left as it is)."""
+    raw = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+    found = [t for t in raw.get("tasks", []) if t.get("name") == options.task]
+    if not found:
+        raise SystemExit(f"unknown task {options.task!r} in {source}")
+    retrain = found[0].setdefault("retrain", {})
+    retrain["prompt_lf_budget"] = options.prompt_lf_budget
+    retrain["fm_eval_max"] = options.fm_eval_max
+    retrain["fm_calibration_min"] = options.fm_calibration_min
+    path = folder / "tasks.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {source} with the demo's round budgets for {options.task}.\n"
+                    + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    load_tasks(path)  # a bad value fails here, not in the app or the improver
+    return path
+
+
+def import_gold(settings: Settings, task: str, pairs: Sequence[tuple[str, str]],
+                folder: Path) -> dict:
+    """Write `pairs` as the owner's gold file and import it into the run's store, as
+    `protege gold import` does; returns the counts per split."""
+    from protege.improver.gold import import_gold_file
+    from protege.improver.store import ExampleStore
+
+    path = folder / "gold.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        writer.writerows(pairs)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    store = ExampleStore(settings.store_url)
+    try:
+        return import_gold_file(store, settings.load_tasks()[task], path)
+    finally:
+        store.close()

@@ -1,0 +1,215 @@
+"""The long-running improver (`protege improver run`): the loop that needs nobody.
+
+Three threads:
+
+- intake: `Ingestor` consumes `protege.predictions` and `protege.feedback` into the
+  example store (group `protege-improver`, commits after the store has them);
+- requests: consumes `protege.models` for `RetrainRequest`s (group
+  `protege-improver-requests`: one improver replica takes each) and records them in
+  the store's `RoundLedger`, so that a restart does not lose one;
+- rounds: every `Settings.improver_check_s` (at once after a request) asks each task
+  whether a round is due (`rounds.due`: a request, `retrain.every_feedback` new
+  feedback events in the store, or `retrain.every_minutes` with new events) and runs
+  it (`cycle.run_cycle`), one at a time; each round's ModelEvent goes to
+  `protege.models`, where every gateway replica's ChampionWatcher picks it up.
+
+Triggers count what is in the store, not what this process consumed, so several
+replicas (or a restart) agree on them; the ledger's lease keeps a task to one round.
+
+>>> service = ImproverService(settings).start()   # doctest: +SKIP
+>>> service.stop()                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+
+from protege.config import Settings, TaskSpec
+from protege.improver.cycle import (
+    CycleResult,
+    default_holder,
+    lazy_backend,
+    run_cycle,
+    store_counts,
+)
+from protege.improver.ingest import DEFAULT_GROUP_ID, Ingestor
+from protege.improver.rounds import RoundLedger, due
+from protege.improver.store import ExampleStore
+from protege.improver.trainer import TrainingInProgress
+from protege.schemas import Event, RetrainRequest
+
+log = logging.getLogger(__name__)
+
+RESULTS_KEPT = 100  # recent round results kept in memory for status and tests
+
+
+class ImproverService:
+    """Intake, retrain requests and training rounds for `tasks` (default: all configured).
+
+    Parameters
+    ----------
+    settings : Kafka, store, registry and FM settings.
+    tasks : the tasks to improve, by name (default `settings.load_tasks()`).
+    store, registry : built from settings when not given.
+    publish : where ModelEvents go (default: a Kafka producer when a broker is configured).
+    backend : the FM (or a factory of it) for prompt LFs and the exam; default the
+        deployment's, loaded on first use and kept.
+    group_id : the intake's consumer group; retrain requests use `<group_id>-requests`.
+    ingest : run the intake thread (off: another process fills the store).
+    run : the round function (tests pass a fake); `run_cycle`'s signature.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        tasks: Mapping[str, TaskSpec] | None = None,
+        *,
+        store: ExampleStore | None = None,
+        registry=None,
+        publish: Callable[[Event], object] | None = None,
+        backend=None,
+        group_id: str = DEFAULT_GROUP_ID,
+        ingest: bool = True,
+        run: Callable[..., CycleResult] = run_cycle,
+    ):
+        self.settings = settings
+        self.tasks = dict(tasks if tasks is not None else settings.load_tasks())
+        settings.home.mkdir(parents=True, exist_ok=True)  # the default SQLite files live there
+        self.store = store or ExampleStore.from_settings(settings)
+        self.ledger = RoundLedger.of(self.store)
+        self._registry = registry
+        self._producer = None
+        if publish is None and settings.kafka_bootstrap:
+            from protege.events.producer import EventProducer
+
+            self._producer = EventProducer(settings).start()
+            publish = self._producer.publish
+        self.publish = publish
+        self.backend = backend if backend is not None else lazy_backend(settings)
+        self.group_id = group_id
+        self.ingest = ingest
+        self.run = run
+        self.holder = default_holder()
+        self.results: deque[CycleResult] = deque(maxlen=RESULTS_KEPT)
+        self.ingestor: Ingestor | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def registry(self):
+        if self._registry is None:
+            from protege.registry import Registry
+
+            self._registry = Registry.from_settings(self.settings)
+        return self._registry
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> ImproverService:
+        if self.ingest:
+            self.ingestor = Ingestor(self.store, self.settings, group_id=self.group_id)
+            self._spawn("intake", lambda: self.ingestor.run(stop=self._stop))
+        if self.settings.kafka_bootstrap:
+            self._spawn("requests", self._consume_requests)
+        self._spawn("rounds", self._rounds)
+        log.info("improver started for %s", sorted(self.tasks))
+        return self
+
+    def _spawn(self, name: str, target: Callable[[], object]) -> None:
+        thread = threading.Thread(target=target, name=f"protege-improver-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking work; a round in progress finishes first (up to `timeout`)."""
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        if self.ingestor is not None:
+            self.ingestor.close()
+        if self._producer is not None:
+            self._producer.close(timeout=10)
+
+    def wait(self) -> None:
+        """Block until `stop()` (from a signal handler or another thread)."""
+        while not self._stop.wait(1.0):
+            pass
+
+    # ------------------------------------------------------------------ triggers
+
+    def request(self, task: str, at: float | None = None) -> None:
+        """A retrain request made at `at` (default now): recorded in the ledger, served at
+        the next check (at once). A request older than the last round's start (one
+        redelivered after a restart) was served by that round and starts nothing."""
+        if task not in self.tasks:
+            log.info("retrain request for %s, which this improver does not train", task)
+            return
+        self.ledger.request(task, now=at)
+        self._wake.set()
+
+    def due(self, now: float | None = None) -> dict[str, str]:
+        """Tasks whose round is due, with the trigger."""
+        now = time.time() if now is None else now
+        found = {}
+        for name, task in self.tasks.items():
+            feedback, n_events = store_counts(self.store, name)
+            reason = due(self.ledger.state(name), task.retrain, feedback, n_events, now)
+            if reason:
+                found[name] = reason
+        return found
+
+    def run_due(self) -> list[CycleResult]:
+        """Run every due round now, one after another."""
+        done = []
+        for name, trigger in self.due().items():
+            if self._stop.is_set():
+                break
+            try:
+                result = self.run(self.tasks[name], self.store, self.registry, self.settings,
+                                  trigger=trigger, publish=self.publish, backend=self.backend,
+                                  holder=self.holder)
+            except TrainingInProgress as exc:
+                log.info("%s", exc)
+                continue
+            self.results.append(result)
+            done.append(result)
+        return done
+
+    # ------------------------------------------------------------------ threads
+
+    def _rounds(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_due()
+            except Exception:  # the store or registry briefly away: try again next check
+                log.exception("checking for due rounds failed")
+            self._wake.wait(self.settings.improver_check_s)
+            self._wake.clear()
+
+    def _consume_requests(self) -> None:
+        from protege.events.consumer import EventConsumer
+
+        consumer = None
+        while not self._stop.is_set():
+            try:
+                if consumer is None:
+                    consumer = EventConsumer(self.settings, group_id=f"{self.group_id}-requests",
+                                             topics=[self.settings.kafka_topic_models])
+                consumer.process(self._handle_requests, timeout_s=1.0)
+            except Exception as exc:  # noqa: BLE001 - broker away: retry; nothing was committed
+                log.warning("retrain-request consumer: %r", exc)
+                self._stop.wait(1.0)
+        if consumer is not None:
+            consumer.close()
+
+    def _handle_requests(self, batch: list[Event]) -> None:
+        for event in batch:
+            if isinstance(event, RetrainRequest):
+                log.info("retrain requested for %s by %s", event.task, event.requested_by)
+                self.request(event.task, at=event.timestamp)

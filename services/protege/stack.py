@@ -1,0 +1,166 @@
+"""Protégé on one machine: the embedded Kafka broker, the Ray Serve app and the
+improver, started in that order and stopped in reverse. `protege up` and
+`protege demo` both start it through here.
+
+>>> with LocalStack(Settings()) as stack:          # doctest: +SKIP
+...     httpx.post(f"{stack.url}/v1/tasks/youtube-spam/predict", json={"text": "hi"})
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Self
+
+from protege.config import Settings
+
+log = logging.getLogger(__name__)
+
+# The improver flushes its state on SIGINT; past this it is killed.
+IMPROVER_STOP_TIMEOUT_S = 15.0
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """`settings` as PROTEGE_* variables, so that a child process sees the same deployment."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None or isinstance(value, (dict, list)):
+            continue
+        env[f"PROTEGE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    secret = settings.kafka_sasl_password
+    if secret is not None:
+        env["PROTEGE_KAFKA_SASL_PASSWORD"] = secret.get_secret_value()
+    return env
+
+
+def improver_command(args: Sequence[str] = ()) -> list[str]:
+    """`protege improver run ARGS` with this interpreter (the venv's `protege` entry point
+    need not be on PATH)."""
+    return [sys.executable, "-m", "protege.cli", "improver", "run", *args]
+
+
+class LocalStack:
+    """The services of one Protégé deployment, as processes on this machine.
+
+    Parameters
+    ----------
+    settings:
+        The deployment; without `kafka_bootstrap` the embedded broker is started
+        and its address filled in.
+    improver_args:
+        Arguments of `protege improver run`; None: no improver.
+    log_dir:
+        Where the broker's and the improver's output go (default: `<home>/logs`).
+    fast_ingress:
+        Ray Serve direct ingress (see `protege.serving.launch`).
+    say:
+        Progress lines for a person (default print).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        improver_args: Sequence[str] | None = None,
+        log_dir: Path | None = None,
+        fast_ingress: bool = False,
+        say: Callable[[str], object] = print,
+    ) -> None:
+        self.settings = settings
+        self.improver_args = improver_args
+        self.log_dir = Path(log_dir) if log_dir else settings.home / "logs"
+        self.fast_ingress = fast_ingress
+        self.say = say
+        self.broker = None
+        self.improver: subprocess.Popen | None = None
+        self.url: str | None = None
+        self._serving = False  # Ray may be up even when the app never got ready
+        self.pids: dict[str, int] = {}  # what was started, for the record
+
+    @property
+    def improver_log(self) -> Path:
+        return self.log_dir / "improver.log"
+
+    def start(self) -> Self:
+        """Broker, Serve app, improver; on any failure what was started is stopped again."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start_broker()
+            self._start_serve()
+            if self.improver_args is not None:
+                self._start_improver()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_broker(self) -> None:
+        if self.settings.kafka_bootstrap:
+            return
+        from protege.events.broker import EmbeddedBroker
+
+        self.broker = EmbeddedBroker(log_path=self.log_dir / "broker.log").start()
+        self.settings = self.settings.model_copy(update={"kafka_bootstrap": self.broker.bootstrap})
+        self.pids["broker"] = self.broker.pid
+        self.say(f"embedded Kafka-protocol broker (Tansu, in memory) at {self.broker.bootstrap}")
+
+    def _start_serve(self) -> None:
+        from protege.serving.launch import start_serve
+
+        self.say(f"starting the Serve app (tasks from {self.settings.tasks_file}); "
+                 "the first start on a machine converts the CPU model (~30 s)")
+        self._serving = True
+        self.url = start_serve(self.settings, fast_ingress=self.fast_ingress)
+
+    def _start_improver(self) -> None:
+        from protege.events.broker import _die_with_parent_hook
+
+        env = {**os.environ, **settings_env(self.settings)}
+        with open(self.improver_log, "ab") as out:
+            self.improver = subprocess.Popen(
+                improver_command(self.improver_args), env=env, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT,
+                # Its own process group: the terminal's Ctrl-C reaches only us, and we
+                # stop it in order (it must not die before the app it feeds on).
+                start_new_session=True, preexec_fn=_die_with_parent_hook(),  # noqa: PLW1509
+            )
+        self.pids["improver"] = self.improver.pid
+        self.say(f"improver started (pid {self.improver.pid}; log {self.improver_log})")
+
+    def improver_exit_code(self) -> int | None:
+        """None while the improver runs (or when there is none)."""
+        return None if self.improver is None else self.improver.poll()
+
+    def stop(self) -> None:
+        """Improver, Serve app, broker: each is stopped even when another fails to."""
+        process, self.improver = self.improver, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(IMPROVER_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.warning("improver ignored SIGINT for %.0f s; killing it", IMPROVER_STOP_TIMEOUT_S)
+                process.kill()
+                process.wait()
+        if self._serving:
+            from protege.serving.launch import stop_serve
+
+            self.url, self._serving = None, False
+            try:
+                stop_serve()
+            except Exception:
+                log.exception("stopping the Serve app failed")
+        broker, self.broker = self.broker, None
+        if broker is not None:
+            broker.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
