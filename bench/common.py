@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -77,12 +76,6 @@ def percentiles(values_ms: list[float] | np.ndarray) -> dict:
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return None if not a or not b else round(a / b, 3)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def youtube_specialist(folder: Path, version: str = "bench") -> Path:

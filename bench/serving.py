@@ -42,13 +42,14 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel
 
+from protege.events.broker import free_port
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     LoadClient,
     cpu_seconds,
     cpu_seconds_by_process,
     descendants,
-    free_port,
     machine,
     ratio,
     write_results,
@@ -311,9 +312,6 @@ def serve_phase(bench: Bench, home: Path, plain: Server, name: str, fast: bool, 
     settings = bench_settings(home, free_port(), kafka, topic, shadow=shadow)
     if kafka:
         ensure_topics(settings)
-    if fast:  # HAProxy binds 0.0.0.0:8404 and :9101 by default: a second app on the machine collides
-        os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
-        os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
     started = time.monotonic()
     try:
         url = start_serve(settings, app_name="bench", fast_ingress=fast)

@@ -2,7 +2,6 @@
 SmolLM2 through transformers, and the OpenAI-compatible path against a real
 server on loopback with the same model behind it."""
 
-import socket
 import threading
 import time
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 import uvicorn
 from protege.config import PromptSpec, Settings
+from protege.events.broker import free_port
 from protege.foundation.backend import create_backend
 from protege.foundation.openai_backend import OpenAIBackend
 from protege.foundation.prompts import continuations, render_prompt
@@ -98,12 +98,6 @@ def test_label_chunks_do_not_change_scores(backend, intents, monkeypatch):
 
     monkeypatch.setattr(tb, "KV_BUDGET_TOKENS", 1)  # one label per chunk
     np.testing.assert_allclose(backend.predict_proba(task, text), full, atol=1e-5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -390,7 +390,9 @@ class Settings(BaseSettings):
     # Specialist
     specialist_max_batch: int = Field(default=64, gt=0)
     specialist_batch_wait_s: float = Field(
-        default=0.002, ge=0.0, description="How long a batch waits to fill: ~ one ONNX call."
+        default=0.0, ge=0.0,
+        description="How long a batch waits to fill. 0: texts that arrive in the same event-loop "
+        "turn share a call (measured: a 2 ms wait cost 2.7 ms at concurrency 1, gained 12 % at 32).",
     )
     model_poll_s: float = Field(
         default=30.0, gt=0.0,

@@ -55,7 +55,7 @@ def build_api(core: GatewayCore, api_keys: ApiKeys, watcher: ChampionWatcher | N
     app.state.api_keys = api_keys
     router = APIRouter(route_class=Utf8Route)
 
-    def task_of(task: str) -> TaskSpec:
+    async def task_of(task: str) -> TaskSpec:
         spec = core.tasks.get(task)
         if spec is None:
             raise HTTPException(404, f"unknown task {task!r}; known: {sorted(core.tasks)}")

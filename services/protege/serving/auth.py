@@ -90,7 +90,7 @@ def require(role: str):
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:  # async: FastAPI runs sync deps in a thread pool
         keys: ApiKeys = request.app.state.api_keys
         if keys.disabled:
             return

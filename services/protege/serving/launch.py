@@ -32,10 +32,16 @@ def start_serve(
 
     from protege.serving.app import build_app
 
-    env = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    for name in FAST_INGRESS_ENV:  # an earlier fast start in this process must not leak
+        os.environ.pop(name, None)
     if fast_ingress:
-        env.update(FAST_INGRESS_ENV)
-    os.environ.update(env)
+        os.environ.update(FAST_INGRESS_ENV)
+        # HAProxy's stats and metrics ports are fixed by default: two apps would collide.
+        from protege.events.broker import free_port
+
+        os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
+        os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
     if not ray.is_initialized():
         ray.init(
             include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port,
