@@ -103,8 +103,10 @@ def main() -> None:
     task = base.model_copy(update={
         "training": base.training.model_copy(update={"families": args.families,
                                                      "seed": args.seed}),
-        "retrain": base.retrain.model_copy(update={"fm_eval_max": args.fm_exam,
-                                                   "prompt_lf_budget": args.prompt_budget}),
+        # The FM's exam answers are all this run pays for: calibrate on however many.
+        "retrain": base.retrain.model_copy(update={
+            "fm_eval_max": args.fm_exam, "prompt_lf_budget": args.prompt_budget,
+            "fm_calibration_min": max(1, min(args.fm_exam, base.retrain.fm_calibration_min))}),
     })
     train, test = datasets.load(TASK, "train"), datasets.load(TASK, "test")
     store = ExampleStore.from_settings(settings)

@@ -23,7 +23,7 @@ from protege.demo.summary import write as write_summary
 from protege.demo.traffic import Replay, stream
 from protege.improver.store import ExampleStore
 from protege.schemas import ModelAction, ModelEvent, ModelRef
-from protege.stack import settings_env
+from protege.stack import settings_env, stop_on_sigterm
 
 LABELS = ["HAM", "SPAM"]
 
@@ -285,3 +285,17 @@ def test_settings_env_gives_a_child_process_the_same_settings(tmp_path, monkeypa
     for name, value in settings_env(settings).items():
         monkeypatch.setenv(name, value)
     assert Settings() == settings
+
+
+def test_sigterm_stops_like_ctrl_c():
+    import signal
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        stop_on_sigterm()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):  # the handler runs between bytecodes
+                pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
@@ -23,6 +24,18 @@ log = logging.getLogger(__name__)
 
 # The improver flushes its state on SIGINT; past this it is killed.
 IMPROVER_STOP_TIMEOUT_S = 15.0
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (`kill`, a supervisor) stop the stack as Ctrl-C does: it raises
+    KeyboardInterrupt in the main thread, so `finally` blocks stop every process started.
+    (A background job started by a script ignores SIGINT, so `kill -INT` cannot.)"""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

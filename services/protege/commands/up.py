@@ -31,8 +31,9 @@ def curl_examples(url: str, auth_disabled: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from protege.stack import LocalStack
+    from protege.stack import LocalStack, stop_on_sigterm
 
+    stop_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = {"http_port": args.port} if args.port else {}
     stack = LocalStack(Settings(**overrides), improver_args=[], fast_ingress=args.fast_ingress)

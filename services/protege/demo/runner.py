@@ -21,7 +21,7 @@ from protege.demo.options import DemoOptions
 from protege.demo.record import RunRecord
 from protege.demo.reviewers import ReviewerPool
 from protege.demo.traffic import Replay, stream
-from protege.stack import LocalStack
+from protege.stack import LocalStack, stop_on_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ def quiet_logging(folder: Path) -> None:
 
 def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult:
     console = console or Console()
+    stop_on_sigterm()
     folder = run_folder(options)
     quiet_logging(folder)
     settings, headers = demo_settings(options, folder)
