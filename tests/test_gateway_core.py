@@ -56,6 +56,15 @@ def test_shadow_runs_record_the_fm_answer_without_changing_the_response(tmp_path
     assert event.label == item.label and event.prediction_id == item.prediction_id
 
 
+def test_shadow_runs_are_skipped_while_the_cap_is_reached(tmp_path, foundation, specialist_folder):
+    core, events = make_core(tmp_path, foundation, specialist_folder, shadow_rate=1.0)
+    core.shadow_max_inflight = 0
+    response = asyncio.run(predict_and_settle(core, "youtube-spam", ["Subscribe to my channel http://x.co"]))
+    (event,) = events
+    assert response.predictions[0].route is Route.specialist
+    assert not event.shadow and event.foundation is None
+
+
 def test_escalated_events_carry_both_outputs_and_direct_ones_only_the_answerer(tmp_path, foundation, specialist_folder):
     core, events = make_core(tmp_path, foundation, specialist_folder)
     texts = ["Subscribe to my channel http://x.co", "hmm ok"]

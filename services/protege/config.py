@@ -394,6 +394,11 @@ class Settings(BaseSettings):
         description="How long a batch waits to fill. 0: texts that arrive in the same event-loop "
         "turn share a call (measured: a 2 ms wait cost 2.7 ms at concurrency 1, gained 12 % at 32).",
     )
+    shadow_max_inflight: int = Field(
+        default=2, ge=0,
+        description="Shadow FM runs in flight per gateway replica; more are skipped, so that "
+        "shadows never queue ahead of escalations on a slow (CPU) FM.",
+    )
     model_poll_s: float = Field(
         default=30.0, gt=0.0,
         description="How often replicas check the registry's champion (model events act at once).",

@@ -70,6 +70,7 @@ class GatewayCore:
         metrics: ServingMetrics | None = None,
         publish: Callable[[Event], None] | None = None,
         event_stats: Callable[[], dict] | None = None,
+        shadow_max_inflight: int = 2,
     ):
         self.tasks = tasks
         self.foundation = foundation
@@ -78,6 +79,7 @@ class GatewayCore:
         self.metrics = metrics
         self.publish = publish
         self.event_stats = event_stats
+        self.shadow_max_inflight = shadow_max_inflight
         self.router = Router(foundation.score, lambda: foundation.ref or ModelRef(model="foundation", version="?"))
         self._background: set[asyncio.Task] = set()
 
@@ -115,6 +117,8 @@ class GatewayCore:
             for p in predictions:
                 self.metrics.answered(task.name, p.route.value, p.served_by.model)
         for text, prediction, answer in zip(texts, predictions, answers):
+            if answer.shadow and len(self._background) >= self.shadow_max_inflight:
+                answer.shadow = False  # the FM is busy: skip the comparison, not the answer
             if answer.shadow:
                 self._in_background(self._shadow(task, text, prediction, answer))
             else:

@@ -70,6 +70,7 @@ class Gateway:
             PredictionIds.from_settings(settings), metrics=ServingMetrics(),
             publish=self.events.publish if self.events else None,
             event_stats=self.events.stats if self.events else None,
+            shadow_max_inflight=settings.shadow_max_inflight,
         )
         self.api_keys = ApiKeys.from_settings(settings)
         self.watcher = None
