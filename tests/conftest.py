@@ -50,9 +50,10 @@ def kafka_settings(kafka_broker, tmp_path) -> Settings:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def serving_app(tmp_path_factory, kafka_broker):
-    """The real Ray Serve app on a free port, for the whole session: auth on (keys
+    """The real Ray Serve app on a free port, for one test module (Ray stops after it,
+    so that later modules can start Ray their own way): auth on (keys
     below), a youtube-spam TF-IDF specialist (version "7"), the SmolLM2 FM, every
     prediction and feedback logged to the session broker, metrics on their own port.
 

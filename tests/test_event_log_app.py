@@ -35,13 +35,21 @@ def predict_ids(client, texts: list[str]) -> list[str]:
     return [p["prediction_id"] for p in response.json()["predictions"]]
 
 
-def read_events(settings, wanted: set[str], timeout_s: float = 60.0) -> dict[str, list]:
-    """Every event whose prediction_id is wanted, by prediction_id, until all arrived."""
+def read_events(settings, wanted: set[str], feedback_for: set[str] = frozenset(),
+                timeout_s: float = 60.0) -> dict[str, list]:
+    """Every event whose prediction_id is wanted, by prediction_id, until each wanted id
+    has its prediction and each id in `feedback_for` its feedback."""
     found: dict[str, list] = {}
+
+    def complete() -> bool:
+        kinds = {pid: {type(e) for e in events} for pid, events in found.items()}
+        return all(PredictionEvent in kinds.get(pid, ()) for pid in wanted) and all(
+            FeedbackEvent in kinds.get(pid, ()) for pid in feedback_for)
+
     deadline = time.monotonic() + timeout_s
     with EventConsumer(settings, group_id=f"check-{uuid.uuid4().hex[:8]}",
                        topics=[settings.kafka_topic_predictions, settings.kafka_topic_feedback]) as consumer:
-        while time.monotonic() < deadline and not wanted <= found.keys():
+        while time.monotonic() < deadline and not complete():
             for event in consumer.poll(timeout_s=1.0):
                 if event.prediction_id in wanted:
                     found.setdefault(event.prediction_id, []).append(event)
@@ -64,7 +72,7 @@ def test_1000_predictions_and_300_feedback_arrive_exactly(serving_app, client, c
     for k, pid in enumerate(reviewed):
         body = {"prediction_id": pid, "verdict": "up" if k % 2 else "down", "reviewer": f"r{k % 7}"}
         assert client.post("/v1/feedback", json=body).status_code == 200
-    events = read_events(serving_app.settings, set(ids))
+    events = read_events(serving_app.settings, set(ids), feedback_for=set(reviewed))
     predictions = [e for evs in events.values() for e in evs if isinstance(e, PredictionEvent)]
     feedback = [e for evs in events.values() for e in evs if isinstance(e, FeedbackEvent)]
     assert len({e.event_id for e in predictions}) == 1000 and len({e.event_id for e in feedback}) == 300

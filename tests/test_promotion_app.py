@@ -8,9 +8,6 @@ specialist v7 answers all but ~8 of them alone; 5 % are shadow-scored by the CPU
 in the background, which is where the improver's recorded FM answers come from).
 The task trains the TF-IDF family only: MiniLM costs minutes on two busy cores
 (tests/test_train_minilm.py covers it).
-
-The module moves the app's champion, so its teardown deletes the registered model and
-redeploys the app, which then serves its local v7 again for the modules after it.
 """
 
 from __future__ import annotations
@@ -85,23 +82,6 @@ def improver(serving_app, task, registry):
                               group_id=f"improver-{uuid.uuid4().hex[:6]}").start()
     yield service
     service.stop()
-    _restore_app(serving_app, registry)
-
-
-def _restore_app(serving_app, registry: Registry) -> None:
-    """Forget every registered version and redeploy: the app serves its local v7 again."""
-    from protege.serving.app import build_app
-    from protege.serving.launch import wait_ready
-    from ray import serve
-
-    try:
-        registry.client.delete_registered_model(registered_name(TASK))
-    except mlflow.exceptions.MlflowException:
-        return  # nothing was registered: the app still serves v7
-    serve.delete("protege-test")
-    serve.run(build_app(serving_app.settings.model_dump(mode="json")), name="protege-test",
-              route_prefix="/", blocking=False)
-    wait_ready(serving_app.url)
 
 
 def predict(client, texts: list[str]) -> list[dict]:
