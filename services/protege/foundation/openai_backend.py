@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 
 from protege.config import PromptSpec, Settings, TaskSpec
-from protege.foundation.prompts import continuations, render_prompt
+from protege.foundation.prompts import continuations, scored_sequences
 from protege.foundation.scoring import label_probabilities
 from protege.schemas import ModelRef
 
@@ -37,8 +37,7 @@ class OpenAIBackend:
     ) -> np.ndarray:
         prompt = prompt or task.prompt
         conts = continuations(task)
-        prefixes = [render_prompt(task, text, prompt) for text in texts]
-        sequences = [p + c for p in prefixes for c in conts]
+        prefixes, sequences = scored_sequences(task, texts, prompt)
         response = self.client.post(
             "/completions",
             json={

@@ -43,3 +43,12 @@ def render_prompt(task: TaskSpec, text: str, prompt: PromptSpec | None = None) -
 def continuations(task: TaskSpec) -> list[str]:
     """What each label adds after the prompt: a space, then its words."""
     return [f" {label.words}" for label in task.labels]
+
+
+def scored_sequences(
+    task: TaskSpec, texts: list[str], prompt: PromptSpec | None = None
+) -> tuple[list[str], list[str]]:
+    """(prefixes, sequences): each text's prompt, and every prompt + label words, text
+    by text: what backends that score whole sequences (vLLM, OpenAI) send."""
+    prefixes = [render_prompt(task, text, prompt) for text in texts]
+    return prefixes, [p + c for p in prefixes for c in continuations(task)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from protege.config import PromptSpec, Settings, TaskSpec
-from protege.foundation.prompts import continuations, render_prompt
+from protege.foundation.prompts import continuations, scored_sequences
 from protege.foundation.scoring import label_probabilities
 from protege.schemas import ModelRef
 
@@ -42,8 +42,7 @@ class VLLMBackend:
     ) -> np.ndarray:
         prompt = prompt or task.prompt
         conts = continuations(task)
-        prefixes = [render_prompt(task, text, prompt) for text in texts]
-        sequences = [p + c for p in prefixes for c in conts]
+        prefixes, sequences = scored_sequences(task, texts, prompt)
         outputs = self.llm.generate(sequences, self.params, use_tqdm=False)
         loglik = np.zeros((len(texts), len(conts)), dtype=np.float32)
         counts = np.zeros((len(texts), len(conts)), dtype=np.float32)
