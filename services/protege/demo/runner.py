@@ -21,6 +21,7 @@ from protege.demo.options import DemoOptions
 from protege.demo.record import RunRecord
 from protege.demo.reviewers import ReviewerPool
 from protege.demo.traffic import Replay, stream
+from protege.commands.up import curl_examples
 from protege.stack import LocalStack, stop_on_sigterm
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,8 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
         stack.start()
         url = stack.url
         console.print(f"[dim]gateway at {stack.url}; replaying…[/]")
+        console.print("Try it while the demo runs:\n" + curl_examples(stack.url, stack.settings.auth_disabled),
+                      markup=False, highlight=False)
         record.started_at = time.time()
         reader = ModelEventReader(stack.settings, options.task, record).start()
         replay = Replay(stack.url, options.task, items, reviewers, record,
