@@ -95,7 +95,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
         url = stack.url
         console.print(f"[dim]gateway at {stack.url}; replaying…[/]")
         console.print("Try it while the demo runs:\n" + curl_examples(stack.url, stack.settings.auth_disabled),
-                      markup=False, highlight=False)
+                      markup=False, highlight=False, soft_wrap=True)
         record.started_at = time.time()
         reader = ModelEventReader(stack.settings, options.task, record).start()
         replay = Replay(stack.url, options.task, items, reviewers, record,
