@@ -1,0 +1,14 @@
+"""Quality on youtube-spam's test split: FM zero-shot, label model, the specialist after one
+improver round, fully supervised. What and how: `bench/_quality.py`.
+
+    python bench/quality_youtube.py --help
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _quality import main
+
+if __name__ == "__main__":
+    main("youtube-spam", fm_sample=250, fm_budget=180.0)
