@@ -31,7 +31,7 @@ How, per task (train split as day-0 traffic, test split for every figure):
 - Fully supervised: each of the same families trained on every train label.
 
     python bench/quality_youtube.py            # ~4 minutes on 2 cores
-    python bench/quality_banking77.py          # ~7 minutes
+    python bench/quality_banking77.py          # ~8 minutes
     python bench/quality_banking77.py --fm-sample 2 --fm-exam 0   # a quick check
 """
 
