@@ -15,7 +15,8 @@ from protege.config import DEFAULT_TASKS_FILE, Settings, load_tasks
 from protege.demo.chart import write_chart
 from protege.demo.deployment import demo_settings, import_gold, write_tasks_file
 from protege.demo.model_events import decision_of
-from protege.demo.options import DemoOptions
+from protege.commands.demo import options_from_args
+from protege.demo.options import TASK_PRESETS, DemoOptions
 from protege.demo.record import Decision, Outcome, RunRecord
 from protege.demo.reviewers import Review, ReviewerPool
 from protege.demo.runner import improver_args
@@ -227,8 +228,34 @@ def test_demo_command_takes_its_options():
     args = build_parser().parse_args(["demo", "--task", "banking77", "--review-share", "0.2",
                                       "--error-rate", "0", "--limit", "300"])
     assert args.command == "demo" and args.task == "banking77" and args.limit == 300
-    assert args.review_share == 0.2 and args.error_rate == 0.0
-    assert build_parser().parse_args(["demo"]).retrain_every == DemoOptions().retrain_every
+    options = options_from_args(args)
+    assert options.review_share == 0.2 and options.error_rate == 0.0 and options.limit == 300
+    assert options_from_args(build_parser().parse_args(["demo"])) == DemoOptions()
+
+
+def test_each_task_gets_its_presets_unless_a_flag_says_otherwise():
+    slow = options_from_args(build_parser().parse_args(["demo", "--task", "banking77"]))
+    for name, value in TASK_PRESETS["banking77"].items():
+        assert getattr(slow, name) == value
+    assert slow.error_rate == DemoOptions().error_rate  # not a preset: the common default
+    chosen = options_from_args(build_parser().parse_args(
+        ["demo", "--task", "banking77", "--gold", "0", "--retrain-every", "7"]))
+    assert (chosen.gold, chosen.retrain_every, chosen.retrain_minutes) == (0, 7, 3.0)
+
+
+def test_demo_help_names_each_tasks_default(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default youtube-spam 180, banking77 1000" in text
+    assert "default youtube-spam off, banking77 3.0" in text and "(default: None)" not in text
+
+
+@pytest.mark.parametrize("flags", [["--review-share", "1.5"], ["--gold", "-1"],
+                                   ["--task", "banking77", "--retrain-every", "0"]])
+def test_demo_options_out_of_range_are_refused(flags):
+    with pytest.raises(SystemExit, match="--"):
+        options_from_args(build_parser().parse_args(["demo", *flags]))
 
 
 def test_the_improver_trains_the_demo_task_on_the_early_trigger():

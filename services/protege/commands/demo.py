@@ -9,10 +9,21 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from protege.demo.options import DemoOptions
 
 # The run worked but no specialist was promoted (too short a replay, or the gate said no):
 # not a crash, and not the demo's point either.
 NO_PROMOTION = 3
+
+
+class _DefaultsUnlessNone(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in --help, except None ones: their help says what leaving them out does."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,28 +32,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = DemoOptions()
     parser = subparsers.add_parser(
         "demo", help="replay real traffic with simulated reviewers and watch specialists take over",
-        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__, formatter_class=_DefaultsUnlessNone,
     )
+
+    def per_task(name: str) -> str:
+        """The default of a knob that differs by task, for --help."""
+        values = {task: DemoOptions.default(name, task) for task in ("youtube-spam", "banking77")}
+        return "; default " + ", ".join(f"{task} {'off' if value is None else value}"
+                                        for task, value in values.items())
+
     parser.add_argument("--task", default=d.task, choices=["youtube-spam", "banking77"],
                         help="the data set replayed (and the task it is sent to)")
     parser.add_argument("--split", default=d.split, help="the data set's split replayed")
     parser.add_argument("--seed", type=int, default=d.seed, help="shuffles the stream and the reviews")
     parser.add_argument("--limit", type=int, default=d.limit,
                         help="texts to replay (default: the rest of the split)")
-    parser.add_argument("--gold", type=int, default=d.gold,
+    parser.add_argument("--gold", type=int, default=None,
                         help="texts set aside as the task owner's gold labels (the gate's exam "
-                        "is a fifth of them); 0: reviewers' labels only")
-    parser.add_argument("--review-share", type=float, default=d.review_share,
-                        help="share of predictions that reviewers answer")
+                        "is a fifth of them); 0: reviewers' labels only" + per_task("gold"))
+    parser.add_argument("--review-share", type=float, default=None,
+                        help="share of predictions that reviewers answer" + per_task("review_share"))
     parser.add_argument("--error-rate", type=float, default=d.error_rate,
                         help="share of reviews that are wrong")
     parser.add_argument("--concurrency", type=int, default=d.concurrency, help="requests in flight")
-    parser.add_argument("--retrain-every", type=int, default=d.retrain_every,
-                        help="the improver trains after this many new feedback events")
-    parser.add_argument("--retrain-minutes", type=float, default=d.retrain_minutes,
-                        help="and also on this timer")
-    parser.add_argument("--max-minutes", type=float, default=d.max_minutes,
-                        help="the replay stops sending after this long")
+    parser.add_argument("--retrain-every", type=int, default=None,
+                        help="the improver trains after this many new feedback events"
+                        + per_task("retrain_every"))
+    parser.add_argument("--retrain-minutes", type=float, default=None,
+                        help="and also on this timer (minutes)" + per_task("retrain_minutes"))
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="the replay stops sending after this long" + per_task("max_minutes"))
     parser.add_argument("--window", type=int, default=d.window,
                         help="requests averaged by the running figures")
     parser.add_argument("--out", type=Path, default=None,
@@ -52,21 +71,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def options_from_args(args: argparse.Namespace) -> DemoOptions:
+    """The run's options: the task's presets where a flag was left out; checked."""
     from protege.demo.options import DemoOptions
-    from protege.demo.runner import run_demo
 
-    if not 0 <= args.review_share <= 1 or not 0 <= args.error_rate <= 1:
-        raise SystemExit("--review-share and --error-rate are fractions in [0, 1]")
-    if args.gold < 0 or args.retrain_every < 1:
-        raise SystemExit("--gold must be >= 0 and --retrain-every >= 1")
-    options = DemoOptions(
-        task=args.task, split=args.split, seed=args.seed, limit=args.limit, gold=args.gold,
+    options = DemoOptions.for_task(
+        args.task, split=args.split, seed=args.seed, limit=args.limit, gold=args.gold,
         review_share=args.review_share, error_rate=args.error_rate, concurrency=args.concurrency,
         retrain_every=args.retrain_every, retrain_minutes=args.retrain_minutes,
         max_minutes=args.max_minutes, window=args.window, out=args.out, port=args.port,
     )
-    result = run_demo(options)
+    if not 0 <= options.review_share <= 1 or not 0 <= options.error_rate <= 1:
+        raise SystemExit("--review-share and --error-rate are fractions in [0, 1]")
+    if options.gold < 0 or options.retrain_every < 1:
+        raise SystemExit("--gold must be >= 0 and --retrain-every >= 1")
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    from protege.demo.runner import run_demo
+
+    result = run_demo(options_from_args(args))
     if result.interrupted:
         return 130
     return 0 if result.record.promotions else NO_PROMOTION
