@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     def per_task(name: str) -> str:
         """The default of a knob that differs by task, for --help."""
-        values = {task: DemoOptions.default(name, task) for task in ("youtube-spam", "banking77")}
+        values = {task: getattr(DemoOptions.for_task(task), name)
+                  for task in ("youtube-spam", "banking77")}
         return "; default " + ", ".join(f"{task} {'off' if value is None else value}"
                                         for task, value in values.items())
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 # Knobs whose good value depends on the task: the CPU FM answers a 2-label youtube text
@@ -60,10 +60,3 @@ class DemoOptions:
         chose; a knob passed as None (a flag left out) keeps the preset or the default."""
         chosen = {k: v for k, v in chosen.items() if v is not None}
         return replace(cls(task=task), **{**TASK_PRESETS.get(task, {}), **chosen})
-
-    @classmethod
-    def default(cls, name: str, task: str) -> object:
-        """One knob's default for `task` (for help texts)."""
-        if name in TASK_PRESETS.get(task, {}):
-            return TASK_PRESETS[task][name]
-        return next(f.default for f in fields(cls) if f.name == name)
