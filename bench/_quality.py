@@ -20,10 +20,10 @@ How, per task (train split as day-0 traffic, test split for every figure):
   chosen (Snorkel vs majority vote) on the reviewed share of train, applied to the
   test texts' LF votes. Accuracy counts every test text (a random label where no LF
   votes, as the published figures do); coverage and accuracy where they vote apart.
-  youtube also with WRENCH's 10 LFs (`analysis.youtube_reference_report`).
+  youtube also with WRENCH's 10 LFs (`_references.youtube_reference_report`).
 - Specialist after the loop: every train text stored as a prediction event, a seeded
-  `--review-share` of them reviewed (`analysis.simulate_reviews`), then one improver
-  round (`protege.improver.cycle.run_cycle`: label model over the LFs and reviews,
+  `--review-share` of them reviewed (`_references.simulate_reviews`), then one improver
+  round (`protege.improver.loop.run_round`: label model over the LFs and reviews,
   distillation into the task's families (deploy/tasks.yaml: TF-IDF and MiniLM, the
   better on validation kept), the gate on the held-out gold with
   `--fm-exam` FM answers, promotion in MLflow) on a private home; the promoted
@@ -54,14 +54,19 @@ from foundation import timed_scores
 # curators measured, quoted so that the table reads without that folder.
 PUBLISHED = {
     "youtube-spam": {
-        "majority vote of Snorkel's LFs": 84.2, "Snorkel LabelModel": 88.3,
+        "majority vote of Snorkel's LFs": 84.2,
+        "Snorkel LabelModel": 88.3,
         "end model on the LabelModel's labels (Snorkel tutorial)": 92.8,
-        "RoBERTa end model, WRENCH LFs": 94.9, "zero-shot T0++ prompt": 58.7,
-        "100 hand-labelled examples": 89.6, "TF-IDF + LR, all train labels": 95.2,
-        "MiniLM + LR, all train labels": 93.6, "SmolLM2-135M zero-shot": 53.5,
+        "RoBERTa end model, WRENCH LFs": 94.9,
+        "zero-shot T0++ prompt": 58.7,
+        "100 hand-labelled examples": 89.6,
+        "TF-IDF + LR, all train labels": 95.2,
+        "MiniLM + LR, all train labels": 93.6,
+        "SmolLM2-135M zero-shot": 53.5,
     },
     "banking77": {
-        "TF-IDF + LR, all train labels": 91.2, "MiniLM + LR, all train labels": 92.9,
+        "TF-IDF + LR, all train labels": 91.2,
+        "MiniLM + LR, all train labels": 92.9,
         "TF-IDF + LR, random 10 % of train labels": 71.6,
         "MiniLM + LR, random 10 % of train labels": 83.1,
         "SmolLM2-135M zero-shot": 4.0,  # 2 of 50
@@ -72,7 +77,7 @@ PUBLISHED = {
 def store_traffic(store, task, texts, labels, review_share: float, seed: int) -> dict:
     """Train texts as the FM's day-0 prediction events, a seeded `review_share` of them
     reviewed; returns the reviews (row -> (served label, reviews))."""
-    from protege.improver.analysis import simulate_reviews
+    from _references import simulate_reviews
     from protege.schemas import (
         FeedbackEvent,
         LabelProbability,
@@ -88,50 +93,74 @@ def store_traffic(store, task, texts, labels, review_share: float, seed: int) ->
     for i, text in enumerate(texts):
         served = reviews[i][0] if i in reviews else task.label_names[0]
         pid = f"{task.name}.bench{i}.sig"
-        events.append(PredictionEvent(
-            prediction_id=pid, task=task.name, text=text, label=served,
-            probabilities=[LabelProbability(label=served, probability=0.2)],
-            route=Route.foundation, served_by=fm, latency_ms=0.0, timestamp=float(i)))
+        events.append(
+            PredictionEvent(
+                prediction_id=pid,
+                task=task.name,
+                text=text,
+                label=served,
+                probabilities=[LabelProbability(label=served, probability=0.2)],
+                route=Route.foundation,
+                served_by=fm,
+                latency_ms=0.0,
+                timestamp=float(i),
+            )
+        )
         if i in reviews:
             review = reviews[i][1][0]
-            events.append(FeedbackEvent(
-                prediction_id=pid, task=task.name, verdict=Verdict(review.verdict),
-                label=review.label, reviewer=review.reviewer, timestamp=float(i) + 0.5))
+            events.append(
+                FeedbackEvent(
+                    prediction_id=pid,
+                    task=task.name,
+                    verdict=Verdict(review.verdict),
+                    label=review.label,
+                    reviewer=review.reviewer,
+                    timestamp=float(i) + 0.5,
+                )
+            )
     for start in range(0, len(events), 2000):
-        store.record_many(events[start:start + 2000])
+        store.record_many(events[start : start + 2000])
     return reviews
 
 
 def label_model_on_test(task, train, test, reviewed: list[int], seed: int) -> dict:
     """The task's rule + Python LFs: label model fitted on train, chosen on the reviewed
     rows, scored on test."""
-    from protege.improver.label_model import ABSTAIN, accuracy, fit_label_model, to_labels
-    from protege.improver.labeling import DataPoint, LFApplier
-    from protege.improver.sources import task_lfs
+    from protege.improver.labeling import ABSTAIN, DataPoint, apply_lfs
+    from protege.improver.labeling.label_model import accuracy, fit_label_model, to_labels
+    from protege.improver.labeling.sources import task_lfs
 
     lfs = task_lfs(task, sources=("rule", "python"))
-    applier = LFApplier(lfs, task.label_names)
-    L_train = applier.apply([DataPoint(t) for t in train.texts]).L
-    L_test = applier.apply([DataPoint(t) for t in test.texts]).L
+    L_train = apply_lfs(lfs, task.label_names, [DataPoint(t) for t in train.texts]).L
+    L_test = apply_lfs(lfs, task.label_names, [DataPoint(t) for t in test.texts]).L
     rows = np.asarray(sorted(reviewed), dtype=np.int64)
-    fit = fit_label_model(L_train, len(task.label_names), task.labeling.label_model,
-                          gold_L=L_train[rows], gold_y=train.y[rows])
+    fit = fit_label_model(
+        L_train,
+        len(task.label_names),
+        task.labeling.label_model,
+        gold_L=L_train[rows],
+        gold_y=train.y[rows],
+    )
     covered = (L_test != ABSTAIN).any(axis=1)
     pred = to_labels(fit.model.predict_proba(L_test), covered, seed)
     return {
-        "lfs": len(lfs), "chosen": fit.kind, "choice": fit.choice,
+        "lfs": len(lfs),
+        "chosen": fit.kind,
+        "choice": fit.choice,
         "test_accuracy": accuracy(pred, test.y, seed, cardinality=len(task.label_names)),
         "test_coverage": float(covered.mean()),
         "test_accuracy_covered": float((pred[covered] == test.y[covered]).mean())
-        if covered.any() else None,
+        if covered.any()
+        else None,
     }
 
 
 def specialist_accuracy(folder: Path, test) -> float:
-    from protege.improver.evaluate import evaluate_specialist
+    from protege.improver.judge.evaluate import evaluate_specialist
 
-    evaluation = evaluate_specialist(folder, test.texts, test.labels, test.label_names,
-                                     latency_samples=0)
+    evaluation = evaluate_specialist(
+        folder, test.texts, test.labels, test.label_names, latency_samples=0
+    )
     return evaluation.metrics.accuracy
 
 
@@ -146,10 +175,16 @@ def supervised(task, train, test, tmp: Path) -> dict:
     for family in task.training.families:
         started = time.perf_counter()
         files = FAMILIES[family].train(data, task.training, progress=False)
-        folder = files.write(tmp / f"supervised-{task.name}-{family}", task=task.name,
-                             labels=task.label_names, version="supervised")
-        out["families"][family] = {"test_accuracy": specialist_accuracy(folder, test),
-                                   "train_seconds": time.perf_counter() - started}
+        folder = files.write(
+            tmp / f"supervised-{task.name}-{family}",
+            task=task.name,
+            labels=task.label_names,
+            version="supervised",
+        )
+        out["families"][family] = {
+            "test_accuracy": specialist_accuracy(folder, test),
+            "train_seconds": time.perf_counter() - started,
+        }
     best = max(out["families"], key=lambda f: out["families"][f]["test_accuracy"])
     out |= {"best_family": best, "test_accuracy": out["families"][best]["test_accuracy"]}
     return out
@@ -157,27 +192,42 @@ def supervised(task, train, test, tmp: Path) -> dict:
 
 def loop_round(task, train, test, settings, args, backend) -> tuple[dict, dict]:
     """One improver round on day-0 traffic with reviews; (its figures, the reviews)."""
-    from protege.improver.cycle import run_cycle
-    from protege.improver.store import ExampleStore
+    from protege.improver.data.store import ExampleStore
+    from protege.improver.loop import run_round
     from protege.registry import Registry
 
     store = ExampleStore.from_settings(settings)
     registry = Registry.from_settings(settings)
     reviews = store_traffic(store, task, train.texts, train.labels, args.review_share, args.seed)
-    result = run_cycle(task, store, registry, settings, trigger="bench",
-                       backend=backend, use_ray=False, progress=False)
-    out = {"outcome": result.outcome, "reasons": list(result.reasons or []),
-           "seconds": result.seconds, "reviewed": len(reviews), "data": result.data,
-           "foundation_answers_on_exam": result.foundation}
-    if result.round is not None:
-        out["family"] = result.round.candidate.family
-        out["exam_accuracy"] = result.round.metrics["candidate"].accuracy
-        out["threshold"] = (result.round.calibration.threshold
-                            if result.round.calibration else None)
+    result = run_round(
+        task,
+        store,
+        registry,
+        settings,
+        trigger="bench",
+        backend=backend,
+        use_ray=False,
+        progress=False,
+    )
+    out = {
+        "outcome": result.outcome,
+        "reasons": list(result.reasons or []),
+        "seconds": result.seconds,
+        "reviewed": len(reviews),
+        "data": result.data,
+        "foundation_answers_on_exam": result.foundation,
+    }
+    if result.judgement is not None:
+        out["family"] = result.family
+        out["exam_accuracy"] = result.judgement.candidate.metrics.accuracy
+        out["threshold"] = (
+            result.judgement.calibration.threshold if result.judgement.calibration else None
+        )
     if result.version is not None:
         out["version"] = result.version
-        out["test_accuracy"] = specialist_accuracy(registry.download(task.name,
-                                                                     version=result.version), test)
+        out["test_accuracy"] = specialist_accuracy(
+            registry.download(task.name, version=result.version), test
+        )
     return out, reviews
 
 
@@ -187,21 +237,32 @@ def fm_zero_shot(backend, task, test, sample: int, budget_s: float, seed: int) -
     texts = [test.texts[i] for i in rows]
     probs, per_s = timed_scores(backend, task, texts, budget_s, label=f"FM on {task.name}")
     scored = rows[: len(probs)]
-    return {"texts": len(probs), "of": len(test), "texts_per_s": per_s,
-            "test_accuracy": float((probs.argmax(axis=1) == test.y[scored]).mean())}
+    return {
+        "texts": len(probs),
+        "of": len(test),
+        "texts_per_s": per_s,
+        "test_accuracy": float((probs.argmax(axis=1) == test.y[scored]).mean()),
+    }
 
 
 def round_task_spec(settings, name: str, args):
     base = settings.load_tasks()[name]
     retrain = base.retrain
-    return base.model_copy(update={
-        "training": base.training.model_copy(update={
-            "families": args.families or base.training.families, "seed": args.seed}),
-        # The FM's exam answers are all a round pays the FM for here: calibrate on them.
-        "retrain": retrain.model_copy(update={
-            "fm_eval_max": args.fm_exam, "prompt_lf_budget": 0,
-            "fm_calibration_min": max(1, min(args.fm_exam, retrain.fm_calibration_min))}),
-    })
+    return base.model_copy(
+        update={
+            "training": base.training.model_copy(
+                update={"families": args.families or base.training.families, "seed": args.seed}
+            ),
+            # The FM's exam answers are all a round pays the FM for here: calibrate on them.
+            "retrain": retrain.model_copy(
+                update={
+                    "fm_eval_max": args.fm_exam,
+                    "prompt_lf_budget": 0,
+                    "fm_calibration_min": max(1, min(args.fm_exam, retrain.fm_calibration_min)),
+                }
+            ),
+        }
+    )
 
 
 def pct(value: float | None) -> str:
@@ -213,42 +274,75 @@ def print_summary(name: str, r: dict) -> None:
     lm, loop, fm = r["label_model"], r["loop"], r["fm"]
     rows = [
         ("FM zero-shot (SmolLM2-135M)", f"{pct(fm['test_accuracy'])} ({fm['texts']} texts)"),
-        ("label model, rules + Python LFs", (f"{pct(lm['test_accuracy'])} (covers "
-         f"{pct(lm['test_coverage'])} at {pct(lm['test_accuracy_covered'])})")),
-        ("specialist after one round", (f"{pct(loop.get('test_accuracy'))} "
-         f"({loop.get('family')}, {loop['outcome']}, {loop['reviewed']} reviews)")),
-        ("fully supervised", ", ".join(f"{f} {pct(v['test_accuracy'])}"
-                                       for f, v in r["supervised"]["families"].items())),
+        (
+            "label model, rules + Python LFs",
+            (
+                f"{pct(lm['test_accuracy'])} (covers "
+                f"{pct(lm['test_coverage'])} at {pct(lm['test_accuracy_covered'])})"
+            ),
+        ),
+        (
+            "specialist after one round",
+            (
+                f"{pct(loop.get('test_accuracy'))} "
+                f"({loop.get('family')}, {loop['outcome']}, {loop['reviewed']} reviews)"
+            ),
+        ),
+        (
+            "fully supervised",
+            ", ".join(
+                f"{f} {pct(v['test_accuracy'])}" for f, v in r["supervised"]["families"].items()
+            ),
+        ),
     ]
     print(f"\n| {name} ({r['test']} test texts) | accuracy |\n|---|---|")
     for title, cell in rows:
         print(f"| {title} | {cell} |")
     if "wrench_lfs" in r:
         w = r["wrench_lfs"]
-        print(f"\nWRENCH's 10 LFs: label model ({w['chosen']}) {pct(w['chosen_test_accuracy'])}, "
-              f"majority vote {pct(w['majority']['test_accuracy'])}")
+        print(
+            f"\nWRENCH's 10 LFs: label model ({w['chosen']}) {pct(w['chosen_test_accuracy'])}, "
+            f"majority vote {pct(w['majority']['test_accuracy'])}"
+        )
     won = loop.get("test_accuracy") or 0.0
-    print(f"\nthe round's specialist: {100 * (won - fm['test_accuracy']):+.1f} points vs the FM, "
-          f"{100 * (won - lm['test_accuracy']):+.1f} vs its label model, "
-          f"{100 * (won - r['supervised']['test_accuracy']):+.1f} vs fully supervised")
+    print(
+        f"\nthe round's specialist: {100 * (won - fm['test_accuracy']):+.1f} points vs the FM, "
+        f"{100 * (won - lm['test_accuracy']):+.1f} vs its label model, "
+        f"{100 * (won - r['supervised']['test_accuracy']):+.1f} vs fully supervised"
+    )
     print("published:", "; ".join(f"{k} {v} %" for k, v in r["published"].items()))
 
 
 def main(name: str, fm_sample: int, fm_budget: float) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--review-share", type=float, default=0.1,
-                        help="share of train texts a reviewer answered")
-    parser.add_argument("--fm-sample", type=int, default=fm_sample,
-                        help="test texts the FM scores zero-shot (youtube ~0.45 s each on "
-                             "CPU, banking77 ~3.5 s)")
-    parser.add_argument("--fm-budget", type=float, default=fm_budget,
-                        help="seconds the FM zero-shot run may take")
-    parser.add_argument("--fm-exam", type=int, default=8,
-                        help="held-out gold texts a round may send to the FM (retrain.fm_eval_max)")
-    parser.add_argument("--families", nargs="+", default=None, choices=["tfidf", "minilm"],
-                        help="specialist families of the round and of the supervised bound "
-                             "(default: the task's, deploy/tasks.yaml)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--review-share", type=float, default=0.1, help="share of train texts a reviewer answered"
+    )
+    parser.add_argument(
+        "--fm-sample",
+        type=int,
+        default=fm_sample,
+        help="test texts the FM scores zero-shot (youtube ~0.45 s each on CPU, banking77 ~3.5 s)",
+    )
+    parser.add_argument(
+        "--fm-budget", type=float, default=fm_budget, help="seconds the FM zero-shot run may take"
+    )
+    parser.add_argument(
+        "--fm-exam",
+        type=int,
+        default=8,
+        help="held-out gold texts a round may send to the FM (retrain.fm_eval_max)",
+    )
+    parser.add_argument(
+        "--families",
+        nargs="+",
+        default=None,
+        choices=["tfidf", "minilm"],
+        help="specialist families of the round and of the supervised bound "
+        "(default: the task's, deploy/tasks.yaml)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -256,10 +350,10 @@ def main(name: str, fm_sample: int, fm_budget: float) -> None:
     for noisy in ("mlflow", "alembic", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
+    from _references import youtube_reference_report
     from protege import datasets
-    from protege.config import Settings
     from protege.foundation.backend import create_backend
-    from protege.improver.analysis import youtube_reference_report
+    from protege.settings import Settings
 
     start_machine = machine()
     started = time.perf_counter()
@@ -291,12 +385,20 @@ def main(name: str, fm_sample: int, fm_budget: float) -> None:
         out["stage_seconds"] = stages
     if name == "youtube-spam":
         report = youtube_reference_report(args.seed)["wrench_lfs"]
-        out["wrench_lfs"] = {k: report[k] for k in
-                             ("chosen", "chosen_test_accuracy", "majority", "test_coverage")}
+        out["wrench_lfs"] = {
+            k: report[k] for k in ("chosen", "chosen_test_accuracy", "majority", "test_coverage")
+        }
     out["published"] = PUBLISHED[name]
     print_summary(name, out)
-    path = write_results(f"quality_{name.split('-')[0]}", {
-        "machine": machine() | {"load_average_at_start": start_machine["load_average_1_5_15"]},
-        "review_share": args.review_share, "families": task.training.families,
-        "fm_exam": args.fm_exam, "seconds": time.perf_counter() - started, **out})
+    path = write_results(
+        f"quality_{name.split('-')[0]}",
+        {
+            "machine": machine() | {"load_average_at_start": start_machine["load_average_1_5_15"]},
+            "review_share": args.review_share,
+            "families": task.training.families,
+            "fm_exam": args.fm_exam,
+            "seconds": time.perf_counter() - started,
+            **out,
+        },
+    )
     print(f"results: {path}")

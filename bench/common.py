@@ -50,8 +50,11 @@ def machine() -> dict:
     except OSError:
         pass
     return {
-        "cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-        "platform": platform.platform(), "load_average_1_5_15": load_average(),
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_1_5_15": load_average(),
     }
 
 
@@ -59,8 +62,12 @@ def write_results(name: str, payload: dict) -> Path:
     """bench/results/<name>.json: small, committed, so that the README's figures have a source."""
     RESULTS_DIR.mkdir(exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    record = {"benchmark": name, "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-              "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), **payload}
+    record = {
+        "benchmark": name,
+        "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        **payload,
+    }
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return path
 
@@ -69,9 +76,11 @@ def percentiles(values_ms: list[float] | np.ndarray) -> dict:
     if len(values_ms) == 0:
         return {"p50_ms": None, "p99_ms": None, "mean_ms": None}
     values = np.asarray(values_ms, dtype=float)
-    return {"p50_ms": round(float(np.percentile(values, 50)), 3),
-            "p99_ms": round(float(np.percentile(values, 99)), 3),
-            "mean_ms": round(float(values.mean()), 3)}
+    return {
+        "p50_ms": round(float(np.percentile(values, 50)), 3),
+        "p99_ms": round(float(np.percentile(values, 99)), 3),
+        "mean_ms": round(float(values.mean()), 3),
+    }
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -101,14 +110,28 @@ class LoadClient:
     def __init__(self) -> None:
         self._pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
 
-    def measure(self, url: str, bodies: list[bytes] | None, concurrency: int, duration_s: float,
-                warmup_s: float = 1.0, headers: dict[str, str] | None = None,
-                expect: bytes | None = None) -> dict:
+    def measure(
+        self,
+        url: str,
+        bodies: list[bytes] | None,
+        concurrency: int,
+        duration_s: float,
+        warmup_s: float = 1.0,
+        headers: dict[str, str] | None = None,
+        expect: bytes | None = None,
+    ) -> dict:
         """`concurrency` keep-alive connections each send a request as soon as the last
         answer arrived (POST each of `bodies` in turn; GET when None) for `duration_s`
         after `warmup_s`. Answers that are not 200 or lack `expect` are counted as bad."""
         return self._pool.submit(
-            _measure_sync, url, bodies, concurrency, duration_s, warmup_s, headers or {}, expect,
+            _measure_sync,
+            url,
+            bodies,
+            concurrency,
+            duration_s,
+            warmup_s,
+            headers or {},
+            expect,
         ).result()
 
     def pids(self) -> list[int]:
@@ -142,7 +165,8 @@ def _requests(url: str, bodies: list[bytes] | None, headers: dict[str, str]) -> 
         return [f"GET {parts.path} HTTP/1.1\r\n{host}{head}\r\n".encode()]
     return [
         f"POST {parts.path} HTTP/1.1\r\n{host}{head}Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
         for body in bodies
     ]
 
@@ -177,8 +201,15 @@ def _server_ms(body: bytes) -> float | None:
     return float(body[at + 13 : end])
 
 
-async def _measure(url: str, bodies: list[bytes] | None, concurrency: int, duration_s: float,
-                   warmup_s: float, headers: dict[str, str], expect: bytes | None) -> dict:
+async def _measure(
+    url: str,
+    bodies: list[bytes] | None,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    headers: dict[str, str],
+    expect: bytes | None,
+) -> dict:
     parts = urlsplit(url)
     requests = _requests(url, bodies, headers)
     clock = time.perf_counter  # uvloop's loop.time() ticks in whole milliseconds
@@ -217,8 +248,12 @@ async def _measure(url: str, bodies: list[bytes] | None, concurrency: int, durat
     client_cpu = time.process_time() - cpu_before
     total = len(latencies) + len(bad)
     return {
-        "concurrency": concurrency, "duration_s": duration_s, "ok": len(latencies), "bad": len(bad),
-        "bad_examples": bad[:3], "throughput_rps": round(len(latencies) / duration_s, 1),
+        "concurrency": concurrency,
+        "duration_s": duration_s,
+        "ok": len(latencies),
+        "bad": len(bad),
+        "bad_examples": bad[:3],
+        "throughput_rps": round(len(latencies) / duration_s, 1),
         **percentiles(latencies),
         "server_latency_ms_p50": round(float(np.median(server_ms)), 3) if server_ms else None,
         "client_cpu_ms_per_request": round(client_cpu * 1000 / max(total, 1), 3),

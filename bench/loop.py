@@ -37,9 +37,10 @@ FAMILIES = ("tfidf", "minilm")
 
 def demo_figures(max_minutes: float) -> dict:
     """One demo run with `make run`'s options; its record's figures."""
+    from rich.console import Console
+
     from protege.demo.options import DemoOptions
     from protege.demo.runner import run_demo
-    from rich.console import Console
 
     with tempfile.TemporaryDirectory(prefix="protege-bench-loop-") as tmp:
         options = DemoOptions(out=Path(tmp) / "run", max_minutes=max_minutes)
@@ -58,11 +59,15 @@ def demo_figures(max_minutes: float) -> dict:
             "interrupted": result.interrupted,
             "first_promotion_s": first,
             "requests_before_first_promotion": (
-                sum(o.t < first for o in outcomes) if first is not None else None),
+                sum(o.t < first for o in outcomes) if first is not None else None
+            ),
             "reviewed_before_first_promotion": (
-                sum(o.reviewed and o.t < first for o in outcomes) if first is not None else None),
-            "decisions": [{"t": d.t, "action": d.action, "version": d.version,
-                           "accuracy": d.accuracy} for d in decisions],
+                sum(o.reviewed and o.t < first for o in outcomes) if first is not None else None
+            ),
+            "decisions": [
+                {"t": d.t, "action": d.action, "version": d.version, "accuracy": d.accuracy}
+                for d in decisions
+            ],
             "totals": totals,
             "phases": [p.__dict__ for p in phases],
             "day0_vs_last": {
@@ -82,22 +87,34 @@ def training_figures(examples: int) -> dict:
     for task in TRAINING_TASKS:
         timings = benchmark_training(task, examples=examples, families=FAMILIES)
         per_1k = {t.family: t.seconds_per_1k for t in timings}
-        out[task] = {"examples": examples, "seconds_per_1k": per_1k,
-                     "minilm_over_tfidf": ratio(per_1k["minilm"], per_1k["tfidf"])}
-        print(f"training on {examples} {task} texts: "
-              + ", ".join(f"{f} {s:.1f} s per 1,000" for f, s in per_1k.items())
-              + f" (MiniLM / TF-IDF ×{out[task]['minilm_over_tfidf']:.1f})", flush=True)
+        out[task] = {
+            "examples": examples,
+            "seconds_per_1k": per_1k,
+            "minilm_over_tfidf": ratio(per_1k["minilm"], per_1k["tfidf"]),
+        }
+        print(
+            f"training on {examples} {task} texts: "
+            + ", ".join(f"{f} {s:.1f} s per 1,000" for f, s in per_1k.items())
+            + f" (MiniLM / TF-IDF ×{out[task]['minilm_over_tfidf']:.1f})",
+            flush=True,
+        )
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--no-demo", action="store_true", help="skip the demo run")
-    parser.add_argument("--max-minutes", type=float, default=6.0,
-                        help="the demo's replay stops sending after this long")
-    parser.add_argument("--examples", type=int, default=1000,
-                        help="gold texts each family trains on")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=6.0,
+        help="the demo's replay stops sending after this long",
+    )
+    parser.add_argument(
+        "--examples", type=int, default=1000, help="gold texts each family trains on"
+    )
     args = parser.parse_args()
     start_machine = machine()
     started = time.perf_counter()
@@ -108,17 +125,22 @@ def main() -> None:
         payload["demo"] = demo
         print(demo["summary_text"])
         first = demo["first_promotion_s"]
-        (acc0, acc1), (fm0, fm1) = (demo["day0_vs_last"]["accuracy"],
-                                    demo["day0_vs_last"]["fm_share"])
+        (acc0, acc1), (fm0, fm1) = (
+            demo["day0_vs_last"]["accuracy"],
+            demo["day0_vs_last"]["fm_share"],
+        )
         if first is None:
             print("demo: no promotion before the replay ended", flush=True)
         else:
-            print(f"demo ({demo['options']['task']}): first promotion {first:.0f} s into the "
-                  f"replay, after {demo['requests_before_first_promotion']} requests "
-                  f"({demo['reviewed_before_first_promotion']} reviewed); accuracy vs gold "
-                  f"{acc0:.1%} -> {acc1:.1%}, FM share {fm0:.1%} -> {fm1:.1%}, p50 latency "
-                  f"×{demo['day0_vs_last']['latency_ratio']:.3f}; whole run "
-                  f"{demo['wall_s']:.0f} s", flush=True)
+            print(
+                f"demo ({demo['options']['task']}): first promotion {first:.0f} s into the "
+                f"replay, after {demo['requests_before_first_promotion']} requests "
+                f"({demo['reviewed_before_first_promotion']} reviewed); accuracy vs gold "
+                f"{acc0:.1%} -> {acc1:.1%}, FM share {fm0:.1%} -> {fm1:.1%}, p50 latency "
+                f"×{demo['day0_vs_last']['latency_ratio']:.3f}; whole run "
+                f"{demo['wall_s']:.0f} s",
+                flush=True,
+            )
     payload["seconds"] = time.perf_counter() - started
     payload["machine"] = machine() | {"load_average_at_start": start_machine["load_average_1_5_15"]}
     print(f"results: {write_results('loop', payload)}")

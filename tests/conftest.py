@@ -11,8 +11,8 @@ import pytest
 # hundreds of DeprecationWarnings at import that say nothing about this project.
 warnings.filterwarnings("ignore", r"(read|open)_text is deprecated", DeprecationWarning)
 
-from protege.config import Settings
-from protege.events.broker import EmbeddedBroker
+from protege.events.broker import EmbeddedBroker  # noqa: E402
+from protege.settings import Settings  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -62,9 +62,9 @@ def serving_app(tmp_path_factory, kafka_broker):
     """
     from dataclasses import dataclass
 
+    from protege.artifact import Specialist
     from protege.events.broker import free_port
     from protege.serving.launch import start_serve, stop_serve
-    from protege.serving.specialist import Specialist
     from specialist_builder import build_youtube_specialist
 
     @dataclass
@@ -78,15 +78,19 @@ def serving_app(tmp_path_factory, kafka_broker):
     folder = build_youtube_specialist(home / "models" / "youtube-spam" / "current", version="7")
     suffix = uuid.uuid4().hex[:8]
     settings = Settings(
-        home=home, http_port=free_port(),
+        home=home,
+        http_port=free_port(),
         api_keys=";".join(f"{role}-key={role}" for role in ("predict", "feedback", "admin")),
         signing_secret="test-secret-of-at-least-16-bytes",
         kafka_bootstrap=kafka_broker.bootstrap,
         kafka_topic_predictions=f"app.{suffix}.predictions",
         kafka_topic_feedback=f"app.{suffix}.feedback",
         kafka_topic_models=f"app.{suffix}.models",
-        kafka_session_timeout_ms=1000, kafka_ack_timeout_s=1.0, kafka_reconnect_max_s=0.5,
-        events_spool_fsync_s=0.05, model_poll_s=2.0,
+        kafka_session_timeout_ms=1000,
+        kafka_ack_timeout_s=1.0,
+        kafka_reconnect_max_s=0.5,
+        events_spool_fsync_s=0.05,
+        model_poll_s=2.0,
     )
     metrics_port = free_port()
     url = start_serve(settings, app_name="protege-test", metrics_port=metrics_port)

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from protege import datasets
-from protege.config import TrainingSpec
 from protege.improver.training import tfidf
 from protege.improver.training.dataset import TrainingSet
+from protege.taskspec import TrainingSpec
 
 
-def build_youtube_specialist(folder: Path, version: str = "1", shuffle_labels: bool = False) -> Path:
+def build_youtube_specialist(
+    folder: Path, version: str = "1", shuffle_labels: bool = False
+) -> Path:
     train = datasets.load("youtube-spam", "train")
     labels = list(train.labels)
     if shuffle_labels:

@@ -9,15 +9,17 @@ import threading
 import numpy as np
 import pytest
 
-from protege.config import Settings
 from protege.serving.auth import ApiKeys, parse_key_list
 from protege.serving.batching import MicroBatcher
+from protege.settings import Settings
 
 
 def test_keys_from_the_environment_and_a_secret_file(tmp_path):
     secret = tmp_path / "keys.json"
     secret.write_text(json.dumps({"file-key": ["feedback"], "ops-key": "admin"}))
-    keys = ApiKeys.from_settings(Settings(api_keys="env-key=predict, feedback", api_keys_file=secret))
+    keys = ApiKeys.from_settings(
+        Settings(api_keys="env-key=predict, feedback", api_keys_file=secret)
+    )
     assert keys.roles_of("env-key") == {"predict", "feedback"}
     assert keys.roles_of("file-key") == {"feedback"} and keys.roles_of("ops-key") == {"admin"}
     assert keys.roles_of("env-key ") == frozenset() and keys.roles_of("") == frozenset()
@@ -26,7 +28,10 @@ def test_keys_from_the_environment_and_a_secret_file(tmp_path):
 def test_yaml_secret_file(tmp_path):
     secret = tmp_path / "keys.yaml"
     secret.write_text("k1: [predict]\nk2: [predict, feedback]\n")
-    assert ApiKeys.from_settings(Settings(api_keys_file=secret)).roles_of("k2") == {"predict", "feedback"}
+    assert ApiKeys.from_settings(Settings(api_keys_file=secret)).roles_of("k2") == {
+        "predict",
+        "feedback",
+    }
 
 
 @pytest.mark.parametrize("bad", ["no-equals-sign", "=predict"])

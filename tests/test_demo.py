@@ -10,21 +10,23 @@ import os
 
 import httpx
 import pytest
+
 from protege.cli import build_parser
-from protege.config import DEFAULT_TASKS_FILE, Settings, load_tasks
+from protege.commands.demo import options_from_args
 from protege.demo.chart import write_chart
 from protege.demo.deployment import demo_settings, import_gold, write_tasks_file
 from protege.demo.model_events import decision_of
-from protege.commands.demo import options_from_args
 from protege.demo.options import TASK_PRESETS, DemoOptions
 from protege.demo.record import Decision, Outcome, RunRecord
 from protege.demo.reviewers import Review, ReviewerPool
 from protege.demo.runner import improver_args
 from protege.demo.summary import write as write_summary
 from protege.demo.traffic import Replay, stream
-from protege.improver.store import ExampleStore
+from protege.improver.data.store import ExampleStore
 from protege.schemas import ModelAction, ModelEvent, ModelRef
+from protege.settings import Settings
 from protege.stack import settings_env, stop_on_sigterm
+from protege.taskspec import DEFAULT_TASKS_FILE, load_tasks
 
 LABELS = ["HAM", "SPAM"]
 
@@ -66,8 +68,11 @@ def test_the_same_seed_gives_the_same_reviews():
 
 
 def test_review_body_is_the_feedback_request():
-    assert Review("ana", "up", None).body("p1") == {"prediction_id": "p1", "verdict": "up",
-                                                    "reviewer": "ana"}
+    assert Review("ana", "up", None).body("p1") == {
+        "prediction_id": "p1",
+        "verdict": "up",
+        "reviewer": "ana",
+    }
     assert Review("ana", "down", "HAM").body("p1")["label"] == "HAM"
 
 
@@ -103,10 +108,23 @@ class FakeGateway:
             self.calls += 1
             if self.fail_every and self.calls % self.fail_every == 0:
                 return httpx.Response(503, json={"detail": "model failed"})
-            return httpx.Response(200, json={"task": "youtube-spam", "predictions": [{
-                "prediction_id": f"p{self.calls}", "label": "HAM", "confidence": 0.6,
-                "probabilities": [], "served_by": {"model": "smollm2", "version": "1"},
-                "route": "foundation", "latency_ms": 300.0}]})
+            return httpx.Response(
+                200,
+                json={
+                    "task": "youtube-spam",
+                    "predictions": [
+                        {
+                            "prediction_id": f"p{self.calls}",
+                            "label": "HAM",
+                            "confidence": 0.6,
+                            "probabilities": [],
+                            "served_by": {"model": "smollm2", "version": "1"},
+                            "route": "foundation",
+                            "latency_ms": 300.0,
+                        }
+                    ],
+                },
+            )
         if request.url.path == "/v1/feedback":
             self.feedback.append(json.loads(request.content))
             return httpx.Response(200, json={"accepted": True})
@@ -115,8 +133,16 @@ class FakeGateway:
 
 def replay(items, gateway, share=1.0, **kwargs) -> tuple[RunRecord, Replay]:
     record = RunRecord("youtube-spam")
-    run = Replay("http://demo", "youtube-spam", items, ReviewerPool(LABELS, share, 0.0), record,
-                 concurrency=3, transport=httpx.MockTransport(gateway), **kwargs)
+    run = Replay(
+        "http://demo",
+        "youtube-spam",
+        items,
+        ReviewerPool(LABELS, share, 0.0),
+        record,
+        concurrency=3,
+        transport=httpx.MockTransport(gateway),
+        **kwargs,
+    )
     asyncio.run(run.run())
     return record, run
 
@@ -151,16 +177,48 @@ def day_zero_then_specialist() -> RunRecord:
     """60 s of the FM at 50 %, a promotion at 60 s, then a specialist at 90 % (some escalated)."""
     record = RunRecord("youtube-spam")
     for i in range(100):
-        record.add_outcome(Outcome(t=i * 0.6, route="foundation", model="smollm2", version="1",
-                                   correct=i % 2 == 0, latency_ms=350.0))
+        record.add_outcome(
+            Outcome(
+                t=i * 0.6,
+                route="foundation",
+                model="smollm2",
+                version="1",
+                correct=i % 2 == 0,
+                latency_ms=350.0,
+            )
+        )
     for i in range(200):
-        record.add_outcome(Outcome(t=60 + i * 0.3, route="escalated" if i % 5 == 0 else "specialist",
-                                   model="tfidf-lr", version="1", correct=i % 10 != 0,
-                                   latency_ms=3.0, reviewed=i % 3 == 0))
-    record.add_decision(Decision(t=45.0, action="rejected", model="minilm", version="1",
-                                 accuracy=0.4, reasons=("accuracy below 0.5",)))
-    record.add_decision(Decision(t=60.0, action="promoted", model="tfidf-lr", version="2",
-                                 accuracy=0.9, reasons=("passed the gate",)))
+        record.add_outcome(
+            Outcome(
+                t=60 + i * 0.3,
+                route="escalated" if i % 5 == 0 else "specialist",
+                model="tfidf-lr",
+                version="1",
+                correct=i % 10 != 0,
+                latency_ms=3.0,
+                reviewed=i % 3 == 0,
+            )
+        )
+    record.add_decision(
+        Decision(
+            t=45.0,
+            action="rejected",
+            model="minilm",
+            version="1",
+            accuracy=0.4,
+            reasons=("accuracy below 0.5",),
+        )
+    )
+    record.add_decision(
+        Decision(
+            t=60.0,
+            action="promoted",
+            model="tfidf-lr",
+            version="2",
+            accuracy=0.9,
+            reasons=("passed the gate",),
+        )
+    )
     for verdict in ["up"] * 30 + ["down"] * 10:
         record.add_feedback(verdict)
     return record
@@ -185,17 +243,29 @@ def test_totals_count_training_runs_and_gate_decisions():
 def test_series_are_running_means_over_the_window():
     series = day_zero_then_specialist().series(window=100)
     assert series["accuracy"][99] == 0.5 and series["fm_share"][99] == 1.0
-    assert series["accuracy"][-1] == pytest.approx(0.9) and series["fm_share"][-1] == pytest.approx(0.2)
+    assert series["accuracy"][-1] == pytest.approx(0.9) and series["fm_share"][-1] == pytest.approx(
+        0.2
+    )
     assert series["accuracy"][0] == 1.0  # the first point averages only itself
 
 
 def test_model_event_becomes_a_decision_timed_from_the_replay_start():
-    event = ModelEvent(task="youtube-spam", model=ModelRef(model="tfidf-lr", version="3"),
-                       action=ModelAction.promoted, metrics={"accuracy": 0.93},
-                       reasons=["passed the gate"], timestamp=1000.0 + 42)
+    event = ModelEvent(
+        task="youtube-spam",
+        model=ModelRef(model="tfidf-lr", version="3"),
+        action=ModelAction.promoted,
+        metrics={"accuracy": 0.93},
+        reasons=["passed the gate"],
+        timestamp=1000.0 + 42,
+    )
     assert decision_of(event, origin=1000.0) == Decision(
-        t=42.0, action="promoted", model="tfidf-lr", version="3", accuracy=0.93,
-        reasons=("passed the gate",))
+        t=42.0,
+        action="promoted",
+        model="tfidf-lr",
+        version="3",
+        accuracy=0.93,
+        reasons=("passed the gate",),
+    )
 
 
 # --------------------------------------------------------------------------- outputs
@@ -225,8 +295,19 @@ def test_summary_is_written_as_json_and_text(tmp_path):
 
 
 def test_demo_command_takes_its_options():
-    args = build_parser().parse_args(["demo", "--task", "banking77", "--review-share", "0.2",
-                                      "--error-rate", "0", "--limit", "300"])
+    args = build_parser().parse_args(
+        [
+            "demo",
+            "--task",
+            "banking77",
+            "--review-share",
+            "0.2",
+            "--error-rate",
+            "0",
+            "--limit",
+            "300",
+        ]
+    )
     assert args.command == "demo" and args.task == "banking77" and args.limit == 300
     options = options_from_args(args)
     assert options.review_share == 0.2 and options.error_rate == 0.0 and options.limit == 300
@@ -238,8 +319,11 @@ def test_each_task_gets_its_presets_unless_a_flag_says_otherwise():
     for name, value in TASK_PRESETS["banking77"].items():
         assert getattr(slow, name) == value
     assert slow.error_rate == DemoOptions().error_rate  # not a preset: the common default
-    chosen = options_from_args(build_parser().parse_args(
-        ["demo", "--task", "banking77", "--gold", "0", "--retrain-every", "7"]))
+    chosen = options_from_args(
+        build_parser().parse_args(
+            ["demo", "--task", "banking77", "--gold", "0", "--retrain-every", "7"]
+        )
+    )
     assert (chosen.gold, chosen.retrain_every, chosen.retrain_minutes) == (0, 7, 3.0)
 
 
@@ -251,8 +335,10 @@ def test_demo_help_names_each_tasks_default(capsys):
     assert "default youtube-spam off, banking77 3.0" in text and "(default: None)" not in text
 
 
-@pytest.mark.parametrize("flags", [["--review-share", "1.5"], ["--gold", "-1"],
-                                   ["--task", "banking77", "--retrain-every", "0"]])
+@pytest.mark.parametrize(
+    "flags",
+    [["--review-share", "1.5"], ["--gold", "-1"], ["--task", "banking77", "--retrain-every", "0"]],
+)
 def test_demo_options_out_of_range_are_refused(flags):
     with pytest.raises(SystemExit, match="--"):
         options_from_args(build_parser().parse_args(["demo", *flags]))
@@ -266,11 +352,16 @@ def test_the_improver_trains_the_demo_task_on_the_early_trigger():
 
 
 def test_the_run_has_its_own_tasks_file_with_the_demo_budgets(tmp_path):
-    options = DemoOptions(task="banking77", prompt_lf_budget=8, fm_eval_max=10,
-                          fm_calibration_min=12)
+    options = DemoOptions(
+        task="banking77", prompt_lf_budget=8, fm_eval_max=10, fm_calibration_min=12
+    )
     tasks = load_tasks(write_tasks_file(DEFAULT_TASKS_FILE, options, tmp_path))
     retrain = tasks["banking77"].retrain
-    assert (retrain.prompt_lf_budget, retrain.fm_eval_max, retrain.fm_calibration_min) == (8, 10, 12)
+    assert (retrain.prompt_lf_budget, retrain.fm_eval_max, retrain.fm_calibration_min) == (
+        8,
+        10,
+        12,
+    )
     assert tasks["youtube-spam"] == load_tasks(DEFAULT_TASKS_FILE)["youtube-spam"]
 
 
@@ -296,7 +387,11 @@ def test_a_run_has_its_own_home_and_with_auth_on_its_own_key(tmp_path, monkeypat
     settings, headers = demo_settings(DemoOptions(port=18123), tmp_path)
     assert settings.home == tmp_path / "home" and settings.http_port == 18123
     assert settings.tasks_file == tmp_path / "tasks.yaml"
-    for derived in (settings.store_url, settings.mlflow_tracking_uri, str(settings.events_spool_dir)):
+    for derived in (
+        settings.store_url,
+        settings.mlflow_tracking_uri,
+        str(settings.events_spool_dir),
+    ):
         assert str(tmp_path / "home") in derived
     key = headers["Authorization"].removeprefix("Bearer ")
     assert f"{key}=predict,feedback" in settings.api_keys
@@ -305,8 +400,9 @@ def test_a_run_has_its_own_home_and_with_auth_on_its_own_key(tmp_path, monkeypat
 
 
 def test_settings_env_gives_a_child_process_the_same_settings(tmp_path, monkeypatch):
-    settings = Settings(home=tmp_path, kafka_bootstrap="127.0.0.1:9999", auth_disabled=True,
-                        http_port=8123)
+    settings = Settings(
+        home=tmp_path, kafka_bootstrap="127.0.0.1:9999", auth_disabled=True, http_port=8123
+    )
     for name in [n for n in os.environ if n.startswith("PROTEGE_")]:
         monkeypatch.delenv(name)
     for name, value in settings_env(settings).items():

@@ -15,6 +15,7 @@ import time
 
 import httpx
 import pytest
+
 from protege.events.broker import free_port
 
 REPLAY_SECONDS = 15  # of traffic before the interrupt: ~20-40 FM answers on 2 cores
@@ -22,12 +23,33 @@ REPLAY_SECONDS = 15  # of traffic before the interrupt: ~20-40 FM answers on 2 c
 
 def test_ctrl_c_mid_replay_stops_everything_and_still_writes_the_summary_and_chart(tmp_path):
     folder = tmp_path / "run"
-    env = {**os.environ, "PROTEGE_AUTH_DISABLED": "true", "RAY_AUTH_MODE": "disabled",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "COLUMNS": "100"}
+    env = {
+        **os.environ,
+        "PROTEGE_AUTH_DISABLED": "true",
+        "RAY_AUTH_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "COLUMNS": "100",
+    }
     demo = subprocess.Popen(
-        [sys.executable, "-m", "protege.cli", "demo", "--limit", "400", "--review-share", "0.5",
-         "--out", str(folder), "--port", str(free_port())],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "protege.cli",
+            "demo",
+            "--limit",
+            "400",
+            "--review-share",
+            "0.5",
+            "--out",
+            str(folder),
+            "--port",
+            str(free_port()),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         lines = []

@@ -8,6 +8,7 @@ import uuid
 import httpx
 import numpy as np
 import pytest
+
 from protege import datasets
 from protege.events.consumer import EventConsumer
 from protege.schemas import FeedbackEvent, PredictionEvent
@@ -30,13 +31,17 @@ def confident_texts(serving_app) -> list[str]:
 
 
 def predict_ids(client, texts: list[str]) -> list[str]:
-    response = client.post("/v1/tasks/youtube-spam/predict", json={"texts": texts} if len(texts) > 1 else {"text": texts[0]})
+    response = client.post(
+        "/v1/tasks/youtube-spam/predict",
+        json={"texts": texts} if len(texts) > 1 else {"text": texts[0]},
+    )
     assert response.status_code == 200, response.text
     return [p["prediction_id"] for p in response.json()["predictions"]]
 
 
-def read_events(settings, wanted: set[str], feedback_for: set[str] = frozenset(),
-                timeout_s: float = 60.0) -> dict[str, list]:
+def read_events(
+    settings, wanted: set[str], feedback_for: set[str] = frozenset(), timeout_s: float = 60.0
+) -> dict[str, list]:
     """Every event whose prediction_id is wanted, by prediction_id, until each wanted id
     has its prediction and each id in `feedback_for` its feedback."""
     found: dict[str, list] = {}
@@ -44,11 +49,15 @@ def read_events(settings, wanted: set[str], feedback_for: set[str] = frozenset()
     def complete() -> bool:
         kinds = {pid: {type(e) for e in events} for pid, events in found.items()}
         return all(PredictionEvent in kinds.get(pid, ()) for pid in wanted) and all(
-            FeedbackEvent in kinds.get(pid, ()) for pid in feedback_for)
+            FeedbackEvent in kinds.get(pid, ()) for pid in feedback_for
+        )
 
     deadline = time.monotonic() + timeout_s
-    with EventConsumer(settings, group_id=f"check-{uuid.uuid4().hex[:8]}",
-                       topics=[settings.kafka_topic_predictions, settings.kafka_topic_feedback]) as consumer:
+    with EventConsumer(
+        settings,
+        group_id=f"check-{uuid.uuid4().hex[:8]}",
+        topics=[settings.kafka_topic_predictions, settings.kafka_topic_feedback],
+    ) as consumer:
         while time.monotonic() < deadline and not complete():
             for event in consumer.poll(timeout_s=1.0):
                 if event.prediction_id in wanted:
@@ -75,7 +84,10 @@ def test_1000_predictions_and_300_feedback_arrive_exactly(serving_app, client, c
     events = read_events(serving_app.settings, set(ids), feedback_for=set(reviewed))
     predictions = [e for evs in events.values() for e in evs if isinstance(e, PredictionEvent)]
     feedback = [e for evs in events.values() for e in evs if isinstance(e, FeedbackEvent)]
-    assert len({e.event_id for e in predictions}) == 1000 and len({e.event_id for e in feedback}) == 300
+    assert (
+        len({e.event_id for e in predictions}) == 1000
+        and len({e.event_id for e in feedback}) == 300
+    )
     by_id = {e.prediction_id: e for e in predictions}
     assert set(by_id) == set(ids) and {e.prediction_id for e in feedback} == set(reviewed)
     sample = by_id[ids[0]]
@@ -83,10 +95,15 @@ def test_1000_predictions_and_300_feedback_arrive_exactly(serving_app, client, c
     assert sample.served_by.model == "tfidf-lr" and sample.route.value == "specialist"
     assert sample.specialist is not None and sample.probabilities[0].label == sample.label
     # Duplicates may only be redeliveries of one event, never two events for one prediction.
-    assert all(len({e.event_id for e in evs if isinstance(e, PredictionEvent)}) == 1 for evs in events.values())
+    assert all(
+        len({e.event_id for e in evs if isinstance(e, PredictionEvent)}) == 1
+        for evs in events.values()
+    )
 
 
-def test_a_dead_broker_never_slows_requests_and_loses_nothing(serving_app, client, confident_texts, kafka_broker):
+def test_a_dead_broker_never_slows_requests_and_loses_nothing(
+    serving_app, client, confident_texts, kafka_broker
+):
     before = event_log_stats(client)
     kafka_broker.kill()
     try:
@@ -98,7 +115,9 @@ def test_a_dead_broker_never_slows_requests_and_loses_nothing(serving_app, clien
         # Nothing waits on Kafka: far below the producer's 1 s acknowledgement timeout.
         assert sorted(latencies)[98] < 0.5, sorted(latencies)[-5:]
         deadline = time.monotonic() + 20
-        while event_log_stats(client)["spooled"] == before["spooled"] and time.monotonic() < deadline:
+        while (
+            event_log_stats(client)["spooled"] == before["spooled"] and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
     finally:
         kafka_broker.start()
@@ -114,17 +133,24 @@ def test_a_dead_broker_never_slows_requests_and_loses_nothing(serving_app, clien
     assert stats["dropped"] == 0
 
 
-def test_spooled_events_survive_a_gateway_restart(serving_app, client, confident_texts, kafka_broker):
+def test_spooled_events_survive_a_gateway_restart(
+    serving_app, client, confident_texts, kafka_broker
+):
+    from ray import serve
+
     from protege.serving.app import build_app
     from protege.serving.launch import wait_ready
-    from ray import serve
 
     kafka_broker.kill()
     try:
         ids = [pid for t in confident_texts[100:140] for pid in predict_ids(client, [t])]
         serve.delete("protege-test")  # the replica closes its producer: the backlog goes to disk
-        serve.run(build_app(serving_app.settings.model_dump(mode="json")), name="protege-test",
-                  route_prefix="/", blocking=False)
+        serve.run(
+            build_app(serving_app.settings.model_dump(mode="json")),
+            name="protege-test",
+            route_prefix="/",
+            blocking=False,
+        )
         wait_ready(serving_app.url)
     finally:
         kafka_broker.start()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from protege.config import Settings
 from protege.events.client import bootstrap_addresses, client_config
+from protege.settings import Settings
 
 
 def test_security_settings_pass_through_to_every_client(tmp_path):

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from kafka import KafkaProducer
+
 from protege.events.consumer import EventConsumer
 from protege.events.producer import EventProducer
 from protege.events.topics import ensure_topics
@@ -126,8 +127,8 @@ def test_unknown_schema_versions_and_kinds_are_skipped_and_counted(kafka_setting
 
 
 def test_consumer_without_bootstrap_says_how_to_get_one(tmp_path):
-    from protege.config import Settings
     from protege.events.client import EventLogNotConfigured
+    from protege.settings import Settings
 
     with pytest.raises(EventLogNotConfigured, match="protege broker"):
         EventConsumer(Settings(home=tmp_path, kafka_bootstrap=None), "g")

@@ -7,9 +7,9 @@ import json
 import re
 from pathlib import Path
 
-from protege.config import Settings
 from protege.events.consumer import parse_event
 from protege.events.topics import topic_names
+from protege.settings import Settings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

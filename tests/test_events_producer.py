@@ -7,7 +7,7 @@ import threading
 import time
 
 from kafka import KafkaConsumer, TopicPartition
-from protege.config import Settings
+
 from protege.events.broker import free_port
 from protege.events.consumer import EventConsumer, parse_event
 from protege.events.producer import EventProducer
@@ -22,6 +22,7 @@ from protege.schemas import (
     Route,
     Verdict,
 )
+from protege.settings import Settings
 
 SPECIALIST = ModelRef(model="tfidf-lr", version="3")
 FOUNDATION = ModelRef(model="smollm2-135m", version="1")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import uvicorn
-from protege.config import PromptSpec, Settings
+
 from protege.events.broker import free_port
 from protege.foundation.backend import create_backend
 from protege.foundation.openai_backend import OpenAIBackend
@@ -17,6 +17,8 @@ from protege.foundation.prompts import continuations, render_prompt
 from protege.foundation.scoring import label_probabilities
 from protege.foundation.server import build_fm_server
 from protege.foundation.transformers_backend import TransformersBackend
+from protege.settings import Settings
+from protege.taskspec import PromptSpec
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,9 @@ def test_prompt_names_every_label_and_ends_before_the_label_words(tasks):
 def test_few_shot_examples_are_rendered_like_the_question(tasks):
     task = tasks["youtube-spam"]
     prompt = PromptSpec(template=task.prompt.template, examples=[("sub to me", "SPAM")])
-    assert "Comment: sub to me\nAnswer: spam\n\nComment: hi\nAnswer:" in render_prompt(task, "hi", prompt)
+    assert "Comment: sub to me\nAnswer: spam\n\nComment: hi\nAnswer:" in render_prompt(
+        task, "hi", prompt
+    )
 
 
 def test_length_normalization_divides_by_token_count():
@@ -71,19 +75,29 @@ def test_length_normalization_divides_by_token_count():
 
 def test_cached_label_scoring_equals_plain_forward_passes(backend, intents):
     task = intents
-    texts = ["I am still waiting on my card?", "why was I charged a fee for topping up with my card"]
+    texts = [
+        "I am still waiting on my card?",
+        "why was I charged a fee for topping up with my card",
+    ]
     labels = continuations(task)
     picked = [0, 1, 3, 5]  # one- to many-token intents
-    label_ids = [backend.tokenizer(labels[j], add_special_tokens=False)["input_ids"] for j in picked]
+    label_ids = [
+        backend.tokenizer(labels[j], add_special_tokens=False)["input_ids"] for j in picked
+    ]
     batched = backend.label_loglik([render_prompt(task, t) for t in texts], label_ids)
     for i, text in enumerate(texts):
         for col, j in enumerate(picked):
-            assert batched[i, col] == pytest.approx(naive_loglik(backend, render_prompt(task, text), labels[j]), abs=2e-3)
+            assert batched[i, col] == pytest.approx(
+                naive_loglik(backend, render_prompt(task, text), labels[j]), abs=2e-3
+            )
 
 
 def test_batched_texts_of_different_lengths_score_as_if_alone(backend, tasks):
     task = tasks["youtube-spam"]
-    texts = ["wow", "Check out my new music video and subscribe to my channel for more!!! http://x.co"]
+    texts = [
+        "wow",
+        "Check out my new music video and subscribe to my channel for more!!! http://x.co",
+    ]
     together = backend.predict_proba(task, texts)
     alone = np.concatenate([backend.predict_proba(task, [t]) for t in texts])
     np.testing.assert_allclose(together, alone, atol=1e-4)
@@ -103,7 +117,11 @@ def test_label_chunks_do_not_change_scores(backend, intents, monkeypatch):
 @pytest.fixture(scope="module")
 def fm_server_url(backend):
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(build_fm_server(backend, "smollm2"), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_fm_server(backend, "smollm2"), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -132,9 +150,14 @@ def test_openai_backend_length_normalizes_multi_token_labels(fm_server_url, back
 def test_fm_server_refuses_generation_and_unknown_models(fm_server_url):
     import httpx
 
-    generate = httpx.post(f"{fm_server_url}/completions", json={"model": "smollm2", "prompt": "hi", "max_tokens": 5})
+    generate = httpx.post(
+        f"{fm_server_url}/completions", json={"model": "smollm2", "prompt": "hi", "max_tokens": 5}
+    )
     assert generate.status_code == 400 and "echo=true" in generate.json()["detail"]
-    other = httpx.post(f"{fm_server_url}/completions", json={"model": "gpt-x", "prompt": "hi", "max_tokens": 0, "echo": True})
+    other = httpx.post(
+        f"{fm_server_url}/completions",
+        json={"model": "gpt-x", "prompt": "hi", "max_tokens": 0, "echo": True},
+    )
     assert other.status_code == 404
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from protege import datasets
-from protege.config import GateSpec, TrainingSpec
-from protege.improver.calibrate import calibrate_threshold
-from protege.improver.evaluate import evaluate_specialist, expected_calibration_error, score
-from protege.improver.gate import decide, mcnemar_exact_p, paired_bootstrap_p
-from protege.improver.training import TrainingSet, tfidf
 from scipy.stats import binomtest
+
+from protege import datasets
+from protege.improver.judge.calibrate import calibrate_threshold
+from protege.improver.judge.evaluate import evaluate_specialist, expected_calibration_error, score
+from protege.improver.judge.gate import decide, mcnemar_exact_p, paired_bootstrap_p
+from protege.improver.training import TrainingSet, tfidf
+from protege.taskspec import GateSpec, TrainingSpec
 
 LABELS = ["HAM", "SPAM"]
 
@@ -83,8 +84,13 @@ def gold():
 def test_a_clearly_better_candidate_passes(gold):
     champ_ok = correct(150, 200)
     cand_ok = correct(185, 200)
-    decision = decide(GateSpec(min_gain=0.05), metrics_for(cand_ok, gold), cand_ok,
-                      metrics_for(champ_ok, gold), champ_ok)
+    decision = decide(
+        GateSpec(min_gain=0.05),
+        metrics_for(cand_ok, gold),
+        cand_ok,
+        metrics_for(champ_ok, gold),
+        champ_ok,
+    )
     assert decision.passed, decision.reasons
     assert decision.gain == pytest.approx(0.175)
     assert decision.p_value < 0.05
@@ -106,8 +112,9 @@ def test_without_a_champion_only_the_floor_applies(gold):
 def test_a_gain_that_is_not_significant_is_rejected(gold):
     champ_ok = correct(160, 200)
     cand_ok = correct(163, 200)
-    decision = decide(GateSpec(), metrics_for(cand_ok, gold), cand_ok,
-                      metrics_for(champ_ok, gold), champ_ok)
+    decision = decide(
+        GateSpec(), metrics_for(cand_ok, gold), cand_ok, metrics_for(champ_ok, gold), champ_ok
+    )
     assert not decision.passed
     assert any("not significant" in r for r in decision.reasons)
 
@@ -116,8 +123,13 @@ def test_a_gain_below_min_gain_is_rejected_under_either_test(gold):
     champ_ok = correct(150, 200)
     cand_ok = correct(170, 200)
     for test in ("mcnemar", "bootstrap"):
-        decision = decide(GateSpec(min_gain=0.2, test=test), metrics_for(cand_ok, gold),
-                          cand_ok, metrics_for(champ_ok, gold), champ_ok)
+        decision = decide(
+            GateSpec(min_gain=0.2, test=test),
+            metrics_for(cand_ok, gold),
+            cand_ok,
+            metrics_for(champ_ok, gold),
+            champ_ok,
+        )
         assert not decision.passed
         assert any("below the required" in r for r in decision.reasons)
         assert decision.p_value < 0.05  # significant, but not by enough
@@ -127,8 +139,13 @@ def test_a_class_whose_recall_collapses_is_rejected(gold):
     """Better overall, but SPAM recall falls: the candidate only learned HAM better."""
     champ_ok = (gold == 0) & (np.arange(200) < 100) | (gold == 1)
     cand_ok = (gold == 0) | ((gold == 1) & (np.arange(200) < 160))
-    decision = decide(GateSpec(max_class_drop=0.1), metrics_for(cand_ok, gold), cand_ok,
-                      metrics_for(champ_ok, gold), champ_ok)
+    decision = decide(
+        GateSpec(max_class_drop=0.1),
+        metrics_for(cand_ok, gold),
+        cand_ok,
+        metrics_for(champ_ok, gold),
+        champ_ok,
+    )
     assert decision.gain > 0
     assert not decision.passed
     assert any(r.startswith("recall of SPAM falls by 0.2") for r in decision.reasons)
@@ -146,24 +163,29 @@ def youtube_models(tmp_path_factory):
     good = TrainingSet.from_gold(LABELS, train.texts, train.labels)
     shuffled = TrainingSet.from_gold(LABELS, train.texts, list(rng.permutation(train.labels)))
     few = rng.permutation(len(train))[:40]
-    weak = TrainingSet.from_gold(LABELS, [train.texts[i] for i in few],
-                                 [train.labels[i] for i in few])
+    weak = TrainingSet.from_gold(
+        LABELS, [train.texts[i] for i in few], [train.labels[i] for i in few]
+    )
     root = tmp_path_factory.mktemp("gate")
     folders = {
         name: tfidf.train(data, TrainingSpec(), progress=False).write(
-            root / name, task="youtube-spam", labels=LABELS, version=name)
+            root / name, task="youtube-spam", labels=LABELS, version=name
+        )
         for name, data in (("good", good), ("shuffled", shuffled), ("weak", weak))
     }
     return folders, datasets.youtube("test")
 
 
 def gate_on_test(folders, test, candidate: str, champion: str, spec: GateSpec):
-    cand = evaluate_specialist(folders[candidate], test.texts, test.labels, LABELS,
-                               latency_samples=5)
-    champ = evaluate_specialist(folders[champion], test.texts, test.labels, LABELS,
-                                latency_samples=5)
-    return decide(spec, cand.metrics, cand.predicted == test.y, champ.metrics,
-                  champ.predicted == test.y)
+    cand = evaluate_specialist(
+        folders[candidate], test.texts, test.labels, LABELS, latency_samples=5
+    )
+    champ = evaluate_specialist(
+        folders[champion], test.texts, test.labels, LABELS, latency_samples=5
+    )
+    return decide(
+        spec, cand.metrics, cand.predicted == test.y, champ.metrics, champ.predicted == test.y
+    )
 
 
 def test_a_candidate_trained_on_shuffled_labels_is_rejected(youtube_models):
@@ -179,8 +201,9 @@ def test_a_good_candidate_passes_against_a_weak_champion(youtube_models):
     folders, test = youtube_models
     # The weak champion calls most comments SPAM, so its SPAM recall is high: the good
     # candidate gives some of it up (~0.11) for a +0.3 accuracy gain; allow that here.
-    decision = gate_on_test(folders, test, "good", "weak",
-                            GateSpec(min_accuracy=0.8, min_gain=0.02, max_class_drop=0.2))
+    decision = gate_on_test(
+        folders, test, "good", "weak", GateSpec(min_accuracy=0.8, min_gain=0.02, max_class_drop=0.2)
+    )
     assert decision.passed, decision.reasons
     assert decision.p_value < 0.01 and decision.gain > 0.2
 

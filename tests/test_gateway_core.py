@@ -4,13 +4,15 @@ models' outputs on escalation and shadow runs), and specialist swaps."""
 import asyncio
 
 import pytest
-from protege.config import RoutingSpec, Settings
+
 from protege.foundation.transformers_backend import TransformersBackend
 from protege.schemas import FeedbackEvent, FeedbackRequest, PredictionEvent, Route
-from protege.serving.core import GatewayCore, InputError, UnknownPrediction
 from protege.serving.foundation_client import LocalFoundation
+from protege.serving.gateway import GatewayCore, InputError, UnknownPrediction
 from protege.serving.prediction_ids import PredictionIds
 from protege.serving.specialists import SpecialistSlots
+from protege.settings import Settings
+from protege.taskspec import RoutingSpec
 from specialist_builder import build_youtube_specialist
 
 
@@ -28,12 +30,16 @@ def make_core(tmp_path, foundation, folder, shadow_rate=0.0):
     settings = Settings(home=tmp_path)
     tasks = settings.load_tasks()
     youtube = tasks["youtube-spam"]
-    tasks["youtube-spam"] = youtube.model_copy(update={"routing": RoutingSpec(threshold=0.8, shadow_rate=shadow_rate)})
+    tasks["youtube-spam"] = youtube.model_copy(
+        update={"routing": RoutingSpec(threshold=0.8, shadow_rate=shadow_rate)}
+    )
     slots = SpecialistSlots(tasks, settings)
     if folder is not None:
         assert slots.swap("youtube-spam", folder)
     events = []
-    core = GatewayCore(tasks, foundation, slots, PredictionIds(b"0123456789abcdef0123"), publish=events.append)
+    core = GatewayCore(
+        tasks, foundation, slots, PredictionIds(b"0123456789abcdef0123"), publish=events.append
+    )
     return core, events
 
 
@@ -44,9 +50,13 @@ async def predict_and_settle(core, task, texts):
     return response
 
 
-def test_shadow_runs_record_the_fm_answer_without_changing_the_response(tmp_path, foundation, specialist_folder):
+def test_shadow_runs_record_the_fm_answer_without_changing_the_response(
+    tmp_path, foundation, specialist_folder
+):
     core, events = make_core(tmp_path, foundation, specialist_folder, shadow_rate=1.0)
-    response = asyncio.run(predict_and_settle(core, "youtube-spam", ["Subscribe to my channel http://x.co"]))
+    response = asyncio.run(
+        predict_and_settle(core, "youtube-spam", ["Subscribe to my channel http://x.co"])
+    )
     (item,) = response.predictions
     assert item.route is Route.specialist and item.served_by.model == "tfidf-lr"
     (event,) = events
@@ -59,13 +69,17 @@ def test_shadow_runs_record_the_fm_answer_without_changing_the_response(tmp_path
 def test_shadow_runs_are_skipped_while_the_cap_is_reached(tmp_path, foundation, specialist_folder):
     core, events = make_core(tmp_path, foundation, specialist_folder, shadow_rate=1.0)
     core.shadow_max_inflight = 0
-    response = asyncio.run(predict_and_settle(core, "youtube-spam", ["Subscribe to my channel http://x.co"]))
+    response = asyncio.run(
+        predict_and_settle(core, "youtube-spam", ["Subscribe to my channel http://x.co"])
+    )
     (event,) = events
     assert response.predictions[0].route is Route.specialist
     assert not event.shadow and event.foundation is None
 
 
-def test_escalated_events_carry_both_outputs_and_direct_ones_only_the_answerer(tmp_path, foundation, specialist_folder):
+def test_escalated_events_carry_both_outputs_and_direct_ones_only_the_answerer(
+    tmp_path, foundation, specialist_folder
+):
     core, events = make_core(tmp_path, foundation, specialist_folder)
     texts = ["Subscribe to my channel http://x.co", "hmm ok"]
     response = asyncio.run(predict_and_settle(core, "youtube-spam", texts))
@@ -80,20 +94,34 @@ def test_escalated_events_carry_both_outputs_and_direct_ones_only_the_answerer(t
 def test_feedback_event_names_the_task_from_the_signed_id(tmp_path, foundation):
     core, events = make_core(tmp_path, foundation, None)
     pid = core.ids.new("banking77")
-    event = core.feedback(FeedbackRequest(prediction_id=pid, verdict="down", label="card_arrival", reviewer="r"))
+    event = core.feedback(
+        FeedbackRequest(prediction_id=pid, verdict="down", label="card_arrival", reviewer="r")
+    )
     assert isinstance(event, FeedbackEvent) and event.task == "banking77" and events == [event]
     with pytest.raises(InputError):
-        core.feedback(FeedbackRequest(prediction_id=pid, verdict="down", label="SPAM", reviewer="r"))
+        core.feedback(
+            FeedbackRequest(prediction_id=pid, verdict="down", label="SPAM", reviewer="r")
+        )
     with pytest.raises(UnknownPrediction):
-        core.feedback(FeedbackRequest(prediction_id=PredictionIds(b"another-secret-key-0").new("banking77"), verdict="up", reviewer="r"))
+        core.feedback(
+            FeedbackRequest(
+                prediction_id=PredictionIds(b"another-secret-key-0").new("banking77"),
+                verdict="up",
+                reviewer="r",
+            )
+        )
 
 
-def test_a_specialist_that_fails_to_load_leaves_the_old_one_serving(tmp_path, foundation, specialist_folder):
+def test_a_specialist_that_fails_to_load_leaves_the_old_one_serving(
+    tmp_path, foundation, specialist_folder
+):
     core, _ = make_core(tmp_path, foundation, specialist_folder)
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "model.onnx").write_bytes(b"not an onnx graph")
-    (corrupt / "model.json").write_text((specialist_folder / "model.json").read_text().replace('"1"', '"2"'))
+    (corrupt / "model.json").write_text(
+        (specialist_folder / "model.json").read_text().replace('"1"', '"2"')
+    )
     assert not core.specialists.swap("youtube-spam", corrupt)
     assert core.specialists.get("youtube-spam").model.ref.version == "1"
     assert "model.onnx" in core.specialists.errors["youtube-spam"]

@@ -29,7 +29,8 @@ with warnings.catch_warnings():  # Ray's pydantic models warn on import; not our
     warnings.simplefilter("ignore", DeprecationWarning)
     from ray.serve.schema import ServeDeploySchema
 
-from protege.config import Settings, TasksFile
+from protege.settings import Settings
+from protege.taskspec import TasksFile
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "protege"

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 import yaml
+
 from protege import datasets
 from protege.cli import main
-from protege.config import DEFAULT_TASKS_FILE, load_tasks
-from protege.improver.prompt_lfs import prompt_key
-from protege.improver.sources import default_model_name
-from protege.improver.store import ExampleStore
+from protege.improver.data.store import ExampleStore
+from protege.improver.labeling.prompts import prompt_key
+from protege.improver.labeling.sources import default_model_name
 from protege.schemas import (
     FeedbackEvent,
     LabelProbability,
@@ -22,6 +22,7 @@ from protege.schemas import (
     PredictionEvent,
     Route,
 )
+from protege.taskspec import DEFAULT_TASKS_FILE, load_tasks
 
 
 def seed_store(url: str, task: str, split: str, n: int, seed: int = 0) -> list[str]:
@@ -271,16 +272,17 @@ def test_unknown_task_is_a_clear_error(tasks_file, tmp_path):
         )
 
 
-def test_training_data_keeps_holdout_out_and_hands_the_trainer_a_training_set(seeded):
-    from protege.improver.gold import HOLDOUT
-    from protege.improver.training_data import build_training_data
+def test_labeled_data_keeps_holdout_out_and_hands_the_trainer_a_training_set(seeded):
+    from protege.improver.data.gold import HOLDOUT
+    from protege.improver.labeling.labeled import label_store
+    from protege.improver.training import TrainingSet
 
     url, _ = seeded
     task = load_tasks(DEFAULT_TASKS_FILE)["youtube-spam"]
-    data = build_training_data(task, ExampleStore(url), sources=("rule", "python", "feedback"))
+    data = label_store(task, ExampleStore(url), sources=("rule", "python", "feedback"))
     holdout = {g.text for g in data.holdout_gold()}
     assert holdout and all(data.split[i] != HOLDOUT for i in data.training_rows())
-    training = data.to_training_set()
+    training = TrainingSet.from_labeled(data)
     assert not holdout & set(training.texts)
     assert training.gold.sum() == sum(1 for g in data.gold if g.split == "train")
     assert len(training) > training.gold.sum()  # soft rows too

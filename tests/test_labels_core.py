@@ -9,21 +9,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from protege.config import DEFAULT_TASKS_FILE, LabelModelSpec, RuleSpec, load_tasks
-from protege.improver.feedback_lfs import feedback_lfs, rejected_labels
-from protege.improver.label_model import exclude_labels, fit_label_model, majority_proba, to_labels
+
 from protege.improver.labeling import (
     ABSTAIN,
     DataPoint,
     LabelingFunction,
-    LFApplier,
     Review,
+    apply_lfs,
     labeling_function,
-    lfs_from_modules,
 )
-from protege.improver.model_lfs import model_lfs
-from protege.improver.rules import RuleLF, rule_lfs
-from protege.improver.sources import task_lfs
+from protege.improver.labeling.feedback import feedback_lfs, rejected_labels
+from protege.improver.labeling.label_model import (
+    exclude_labels,
+    fit_label_model,
+    majority_proba,
+    to_labels,
+)
+from protege.improver.labeling.models import model_lfs
+from protege.improver.labeling.rules import RuleLF, rule_lfs
+from protege.improver.labeling.sources import lfs_from_modules, task_lfs
+from protege.taskspec import DEFAULT_TASKS_FILE, LabelModelSpec, RuleSpec, load_tasks
 
 TASKS = load_tasks(DEFAULT_TASKS_FILE)
 YOUTUBE, BANKING = TASKS["youtube-spam"], TASKS["banking77"]
@@ -46,17 +51,19 @@ def test_decorator_builds_a_named_lf_that_votes_or_abstains():
     assert isinstance(asks_to_subscribe, LabelingFunction)
     assert asks_to_subscribe.name == "asks_to_subscribe"
     assert asks_to_subscribe.description.startswith("Spam asks")
-    matrix = LFApplier([asks_to_subscribe], ["HAM", "SPAM"]).apply(
-        [DataPoint("Subscribe to me!"), DataPoint("great song")]
+    matrix = apply_lfs(
+        [asks_to_subscribe],
+        ["HAM", "SPAM"],
+        [DataPoint("Subscribe to me!"), DataPoint("great song")],
     )
     assert matrix.L.tolist() == [[1], [ABSTAIN]]
 
 
 def test_an_lf_that_raises_abstains_is_counted_and_logged_and_the_run_goes_on(caplog):
-    lf = LabelingFunction("explodes", explodes_on_question.__call__)
+    lf = LabelingFunction("explodes", explodes_on_question)
     points = [DataPoint("fine"), DataPoint("why?"), DataPoint("really?"), DataPoint("ok")]
-    with caplog.at_level(logging.WARNING, logger="protege.improver.labeling"):
-        matrix = LFApplier([lf, asks_to_subscribe], ["HAM", "SPAM"]).apply(points)
+    with caplog.at_level(logging.WARNING, logger="protege.improver.labeling.functions"):
+        matrix = apply_lfs([lf, asks_to_subscribe], ["HAM", "SPAM"], points)
     assert matrix.L[:, 0].tolist() == [0, ABSTAIN, ABSTAIN, 0]
     assert matrix.errors == {"explodes": 2, "asks_to_subscribe": 0}
     assert lf.errors == 2
@@ -64,21 +71,21 @@ def test_an_lf_that_raises_abstains_is_counted_and_logged_and_the_run_goes_on(ca
 
 
 def test_a_non_fault_tolerant_lf_propagates():
-    lf = LabelingFunction("strict", explodes_on_question.__call__, fault_tolerant=False)
+    lf = LabelingFunction("strict", explodes_on_question, fault_tolerant=False)
     with pytest.raises(RuntimeError, match="boom"):
-        LFApplier([lf], ["HAM", "SPAM"]).apply([DataPoint("why?")])
+        apply_lfs([lf], ["HAM", "SPAM"], [DataPoint("why?")])
 
 
 def test_a_vote_for_a_label_the_task_lacks_is_an_error_and_an_abstain():
     lf = LabelingFunction("typo", lambda x: "SPAMM")
-    matrix = LFApplier([lf], ["HAM", "SPAM"]).apply([DataPoint("a"), DataPoint("b")])
+    matrix = apply_lfs([lf], ["HAM", "SPAM"], [DataPoint("a"), DataPoint("b")])
     assert matrix.L[:, 0].tolist() == [ABSTAIN, ABSTAIN]
     assert matrix.errors["typo"] == 2
 
 
 def test_duplicate_lf_names_are_refused():
     with pytest.raises(ValueError, match="duplicate labeling function names"):
-        LFApplier([asks_to_subscribe, asks_to_subscribe], ["HAM", "SPAM"])
+        apply_lfs([asks_to_subscribe, asks_to_subscribe], ["HAM", "SPAM"], [DataPoint("x")])
 
 
 def test_keyword_rules_match_whole_words_and_phrases_in_any_case():

@@ -11,10 +11,11 @@ import sys
 import time
 
 import pytest
+
 from protege.events.producer import EventProducer
 from protege.events.topics import ensure_topics
-from protege.improver.ingest import Ingestor
-from protege.improver.store import ExampleStore
+from protege.improver.data.ingest import Ingestor
+from protege.improver.data.store import ExampleStore
 from protege.schemas import FeedbackEvent, LabelProbability, ModelRef, PredictionEvent, Route
 
 

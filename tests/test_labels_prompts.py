@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-from protege.config import DEFAULT_TASKS_FILE, Settings, load_tasks
-from protege.improver.labeling import DataPoint, LFApplier
-from protege.improver.prompt_lfs import MemoryScoreCache, PromptLF, prompt_lfs
-from protege.improver.store import ExampleStore
+
+from protege.improver.data.store import ExampleStore
+from protege.improver.labeling import DataPoint, apply_lfs
+from protege.improver.labeling.prompts import MemoryScoreCache, PromptLF, prompt_lfs
 from protege.schemas import ModelRef
+from protege.settings import Settings
+from protege.taskspec import DEFAULT_TASKS_FILE, load_tasks
 
 YOUTUBE = load_tasks(DEFAULT_TASKS_FILE)["youtube-spam"]
 
@@ -29,7 +30,7 @@ class RecordingBackend:
 def test_each_prompt_lf_sends_its_own_prompt_and_votes_only_above_its_threshold():
     backend = RecordingBackend(lambda t: [0.2, 0.8] if "sub" in t else [0.6, 0.4])
     lfs = prompt_lfs(YOUTUBE, backend)
-    matrix = LFApplier(lfs, YOUTUBE.label_names).apply([DataPoint("sub to me"), DataPoint("nice")])
+    matrix = apply_lfs(lfs, YOUTUBE.label_names, [DataPoint("sub to me"), DataPoint("nice")])
     assert matrix.L.tolist() == [[1, 1], [-1, -1]]  # 0.8 >= 0.75 votes; 0.6 abstains
     templates = {template for template, _ in backend.calls}
     assert templates == {spec.template for spec in YOUTUBE.labeling.prompt_lfs}
@@ -60,7 +61,7 @@ def test_a_failing_fm_makes_the_prompt_lf_abstain_and_counts_every_example():
             raise ConnectionError("FM endpoint unreachable")
 
     (lf, _) = prompt_lfs(YOUTUBE, Down(), MemoryScoreCache())
-    matrix = LFApplier([lf], YOUTUBE.label_names).apply([DataPoint("a"), DataPoint("b")])
+    matrix = apply_lfs([lf], YOUTUBE.label_names, [DataPoint("a"), DataPoint("b")])
     assert matrix.L.tolist() == [[-1], [-1]] and matrix.errors[lf.name] == 2
 
 
@@ -74,7 +75,7 @@ def test_prompt_lfs_on_the_real_cpu_foundation_model(tmp_path):
         "Love this song so much",
     ]  # ~0.3 s per text and prompt on 2 free cores
     lfs = prompt_lfs(YOUTUBE, backend, cache=store)
-    matrix = LFApplier(lfs, YOUTUBE.label_names).apply([DataPoint(t) for t in texts])
+    matrix = apply_lfs(lfs, YOUTUBE.label_names, [DataPoint(t) for t in texts])
     assert matrix.L.shape == (2, 2) and set(np.unique(matrix.L)) <= {-1, 0, 1}
     for lf in lfs:
         probs = lf.scores(texts)  # now from the cache

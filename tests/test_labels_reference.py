@@ -1,13 +1,16 @@
 """Acceptance figures on the shipped data: youtube's label model from WRENCH's weak
 labels, and banking77's rules + prompts + simulated reviews (reduced here to keep the
-suite fast; `protege.improver.analysis.banking77_reference_report()` runs it in full)."""
+suite fast; `bench/_references.py`'s `banking77_reference_report()` runs it in full)."""
 
 from __future__ import annotations
 
-import numpy as np
+import sys
+from pathlib import Path
+
 import pytest
-from protege.improver.analysis import banking77_reference_report, youtube_reference_report
-from protege.schemas import ModelRef
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from _references import banking77_reference_report, youtube_reference_report  # noqa: E402
 
 MAJORITY_VOTE_REFERENCE = 0.84  # Snorkel's spam tutorial: 84.2 %
 
@@ -36,8 +39,8 @@ def test_youtube_with_this_repos_own_lfs_also_clears_majority_vote(youtube):
 @pytest.fixture(scope="module")
 def foundation():
     """The real CPU foundation model (~5 s per text on 77 labels: a small sample)."""
-    from protege.config import Settings
     from protege.foundation.transformers_backend import TransformersBackend
+    from protege.settings import Settings
 
     return TransformersBackend.from_settings(Settings())
 

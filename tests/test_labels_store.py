@@ -8,9 +8,9 @@ import uuid
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from protege.config import DEFAULT_TASKS_FILE, Settings, load_tasks
-from protege.improver.gold import HOLDOUT, TRAIN, gold_examples, import_gold_file, split_of
-from protege.improver.store import ExampleStore
+
+from protege.improver.data.gold import HOLDOUT, TRAIN, gold_examples, import_gold_file, split_of
+from protege.improver.data.store import ExampleStore
 from protege.schemas import (
     FeedbackEvent,
     LabelProbability,
@@ -19,6 +19,8 @@ from protege.schemas import (
     PredictionEvent,
     Route,
 )
+from protege.settings import Settings
+from protege.taskspec import DEFAULT_TASKS_FILE, load_tasks
 
 POSTGRES_URL = os.environ.get(
     "PROTEGE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

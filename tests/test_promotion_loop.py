@@ -9,22 +9,23 @@ import time
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from protege.config import DEFAULT_TASKS_FILE, RetrainSpec, load_tasks
-from protege.improver.cycle import (
-    CycleResult,
+
+from protege.improver.data.examples import gather
+from protege.improver.data.ledger import RoundLedger, RoundState
+from protege.improver.data.store import ExampleStore
+from protege.improver.judge.exam import foundation_answers, serving_prompt_scorer
+from protege.improver.labeling import DataPoint, apply_lfs
+from protege.improver.labeling.prompts import PromptLF
+from protege.improver.loop import (
     NotReady,
-    foundation_answers,
-    limit_prompt_scoring,
-    prepare_round,
-    run_cycle,
-    serving_prompt_scorer,
+    RoundReport,
+    TrainingInProgress,
+    label,
+    run_round,
+    training_set,
 )
-from protege.improver.labeling import DataPoint
-from protege.improver.prompt_lfs import PromptLF
-from protege.improver.rounds import RoundLedger, RoundState, due
 from protege.improver.service import ImproverService
-from protege.improver.store import ExampleStore
-from protege.improver.trainer import TrainingInProgress
+from protege.improver.triggers import due
 from protege.schemas import (
     FeedbackEvent,
     LabelProbability,
@@ -34,6 +35,7 @@ from protege.schemas import (
     RetrainRequest,
     Route,
 )
+from protege.taskspec import DEFAULT_TASKS_FILE, RetrainSpec, load_tasks
 
 TASKS = load_tasks(DEFAULT_TASKS_FILE)
 YOUTUBE = TASKS["youtube-spam"]
@@ -55,12 +57,21 @@ class CountingFM:
 def prediction(i: int, text: str, label: str = "HAM", fm: str | None = None) -> PredictionEvent:
     probs = [LabelProbability(label=label, probability=0.9)]
     return PredictionEvent(
-        prediction_id=f"youtube-spam.{i}.sig", task="youtube-spam", text=text, label=label,
-        probabilities=probs, route=Route.escalated if fm else Route.specialist,
-        served_by=ModelRef(model="m", version="1"), latency_ms=1.0,
-        foundation=ModelOutput(model=ModelRef(model="fm", version="1"), label=fm,
-                               probabilities=[LabelProbability(label=fm, probability=0.7)])
-        if fm else None,
+        prediction_id=f"youtube-spam.{i}.sig",
+        task="youtube-spam",
+        text=text,
+        label=label,
+        probabilities=probs,
+        route=Route.escalated if fm else Route.specialist,
+        served_by=ModelRef(model="m", version="1"),
+        latency_ms=1.0,
+        foundation=ModelOutput(
+            model=ModelRef(model="fm", version="1"),
+            label=fm,
+            probabilities=[LabelProbability(label=fm, probability=0.7)],
+        )
+        if fm
+        else None,
     )
 
 
@@ -96,22 +107,28 @@ def test_one_round_at_a_time_per_task_and_a_dead_holders_lease_expires():
 
 
 def test_a_round_of_a_task_whose_lease_is_held_raises(tmp_path):
-    from protege.config import Settings
+    from protege.settings import Settings
 
     settings = Settings(home=tmp_path)
     store = ExampleStore(f"sqlite:///{tmp_path / 'store.db'}")
     RoundLedger.of(store).acquire(YOUTUBE.name, "elsewhere", lease_s=60, feedback=0, events=0)
     with pytest.raises(TrainingInProgress, match="elsewhere"):
-        run_cycle(YOUTUBE, store, registry=None, settings=settings)
+        run_round(YOUTUBE, store, registry=None, settings=settings)
 
 
 def test_a_round_without_enough_held_out_gold_is_skipped_and_recorded(tmp_path):
-    from protege.config import Settings
+    from protege.settings import Settings
 
     store = ExampleStore(f"sqlite:///{tmp_path / 'store.db'}")
     store.record_many([prediction(i, f"text number {i} sub") for i in range(30)])
-    result = run_cycle(YOUTUBE, store, registry=None, settings=Settings(home=tmp_path),
-                       backend=CountingFM(), sources=("rule",))
+    result = run_round(
+        YOUTUBE,
+        store,
+        registry=None,
+        settings=Settings(home=tmp_path),
+        backend=CountingFM(),
+        sources=("rule",),
+    )
     assert result.outcome == "skipped" and "held-out gold" in result.reasons[0]
     assert RoundLedger.of(store).state(YOUTUBE.name).outcome == "skipped"
 
@@ -143,26 +160,32 @@ def test_fm_answers_come_recorded_then_cached_then_scored_up_to_the_cap():
 def test_prompt_lfs_score_at_most_their_budget_of_new_texts_per_round():
     store = ExampleStore("sqlite://")
     fm = CountingFM()
-    lf = PromptLF(YOUTUBE.labeling.prompt_lfs[0], YOUTUBE, fm, store, "fake-fm")
-    limit_prompt_scoring([lf], budget=2)
+    lf = PromptLF(YOUTUBE.labeling.prompt_lfs[0], YOUTUBE, fm, store, "fake-fm", budget=2)
     points = [DataPoint(f"please sub {i}") for i in range(5)]
-    first = lf.apply(points)
+    first = apply_lfs([lf], YOUTUBE.label_names, points).L[:, 0].tolist()
     assert sorted(fm.scored) == ["please sub 3", "please sub 4"]  # the newest first
-    assert first == [None, None, None, "SPAM", "SPAM"]
-    second = lf.apply(points)
-    assert second == [None, "SPAM", "SPAM", "SPAM", "SPAM"] and len(fm.scored) == 4
+    assert first == [-1, -1, -1, 1, 1]
+    second = apply_lfs([lf], YOUTUBE.label_names, points).L[:, 0].tolist()
+    assert second == [-1, 1, 1, 1, 1] and len(fm.scored) == 4
 
 
-def test_prepare_round_needs_two_labels_in_training(tmp_path):
+def test_a_training_set_needs_two_labels(tmp_path):
     store = ExampleStore("sqlite://")
     events = []
     for i in range(300):
         events.append(prediction(i, f"only ham here number {i}"))
-        events.append(FeedbackEvent(prediction_id=f"youtube-spam.{i}.sig", task="youtube-spam",
-                                    verdict="up", reviewer="r"))
+        events.append(
+            FeedbackEvent(
+                prediction_id=f"youtube-spam.{i}.sig",
+                task="youtube-spam",
+                verdict="up",
+                reviewer="r",
+            )
+        )
     store.record_many(events)
+    labeled = label(YOUTUBE, gather(store, YOUTUBE), store, CountingFM(), ("feedback",), "fake")
     with pytest.raises(NotReady, match="label"):
-        prepare_round(YOUTUBE, store, backend=CountingFM(), sources=("feedback",))
+        training_set(YOUTUBE, labeled)
 
 
 # --------------------------------------------------------------------------- the service
@@ -177,12 +200,18 @@ def test_a_retrain_request_on_the_broker_starts_one_round(kafka_settings, tmp_pa
         calls.append(trigger)
         RoundLedger.of(store).acquire(task.name, "fake", lease_s=60, feedback=0, events=0)
         RoundLedger.of(store).release(task.name, "fake", outcome="rejected")
-        return CycleResult(task.name, trigger, "rejected")
+        return RoundReport(task.name, trigger, "rejected")
 
     task = YOUTUBE.model_copy(update={"retrain": RetrainSpec(every_feedback=None)})
     settings = kafka_settings.model_copy(update={"improver_check_s": 0.2})
-    service = ImproverService(settings, {task.name: task}, registry=object(),
-                              publish=lambda e: None, ingest=False, run=fake_round).start()
+    service = ImproverService(
+        settings,
+        {task.name: task},
+        registry=object(),
+        publish=lambda e: None,
+        ingest=False,
+        run=fake_round,
+    ).start()
     try:
         time.sleep(1.0)
         assert calls == []  # no trigger yet
@@ -203,12 +232,22 @@ def test_a_retrain_request_on_the_broker_starts_one_round(kafka_settings, tmp_pa
 def test_protege_improver_alone_runs_the_whole_loop_and_flags_override_the_triggers():
     from protege.cli import build_parser
     from protege.commands.improver import _tasks, handle_round, handle_run
-    from protege.config import Settings
+    from protege.settings import Settings
 
     args = build_parser().parse_args(["improver"])  # the Helm chart's command
     assert args.handler is handle_run and not args.ingest_only
-    args = build_parser().parse_args(["improver", "run", "--task", "youtube-spam",
-                                      "--retrain-every", "80", "--retrain-minutes", "5"])
+    args = build_parser().parse_args(
+        [
+            "improver",
+            "run",
+            "--task",
+            "youtube-spam",
+            "--retrain-every",
+            "80",
+            "--retrain-minutes",
+            "5",
+        ]
+    )
     (task,) = _tasks(args, Settings()).values()
     assert task.name == "youtube-spam"
     assert (task.retrain.every_feedback, task.retrain.every_minutes) == (80, 5.0)

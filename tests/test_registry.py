@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from protege import cli
-from protege.config import Settings, TrainingSpec
+from protege.artifact import Specialist, SpecialistLoadError
 from protege.improver.training import TrainingSet, tfidf
 from protege.registry import CHALLENGER, CHAMPION, Registry, RegistryError
 from protege.schemas import ModelAction
-from protege.serving.specialist import Specialist, SpecialistLoadError
+from protege.settings import Settings
+from protege.taskspec import TrainingSpec
 
 LABELS = ["HAM", "SPAM"]
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"  # .ci/run starts the machine's Postgres
@@ -23,11 +25,24 @@ POSTGRES = "postgresql://postgres@127.0.0.1:5432"  # .ci/run starts the machine'
 @pytest.fixture(scope="module")
 def specialist_folder(tmp_path_factory) -> Path:
     data = TrainingSet.from_gold(
-        LABELS, ["great song", "love this video", "check out my channel", "subscribe to me",
-                 "beautiful voice", "free gift cards at my site"], [0, 0, 1, 1, 0, 1])
+        LABELS,
+        [
+            "great song",
+            "love this video",
+            "check out my channel",
+            "subscribe to me",
+            "beautiful voice",
+            "free gift cards at my site",
+        ],
+        [0, 0, 1, 1, 0, 1],
+    )
     files = tfidf.train(data, TrainingSpec(), progress=False)
-    return files.write(tmp_path_factory.mktemp("spec") / "candidate", task="youtube-spam",
-                       labels=LABELS, version="candidate")
+    return files.write(
+        tmp_path_factory.mktemp("spec") / "candidate",
+        task="youtube-spam",
+        labels=LABELS,
+        version="candidate",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +85,21 @@ def sqlite_registry(sqlite_uri, tmp_path) -> Registry:
 def test_promote_rollback_list_and_download(task, registry, specialist_folder):
     events = []
     v1 = registry.log_candidate(
-        task, specialist_folder, params={"seed": 0}, metrics={"accuracy": 0.90},
-        lf_report={"keyword_subscribe": {"coverage": 0.12}}, label_model="majority",
+        task,
+        specialist_folder,
+        params={"seed": 0},
+        metrics={"accuracy": 0.90},
+        lf_report={"keyword_subscribe": {"coverage": 0.12}},
+        label_model="majority",
     )
     assert registry.alias_version(task, CHALLENGER) == v1
     assert registry.alias_version(task, CHAMPION) is None
     first = registry.promote(task, publish=events.append)  # the challenger by default
-    assert (first.action, first.model.version, first.model.model) == \
-        (ModelAction.promoted, v1, "tfidf-lr")
+    assert (first.action, first.model.version, first.model.model) == (
+        ModelAction.promoted,
+        v1,
+        "tfidf-lr",
+    )
     assert first.metrics["accuracy"] == pytest.approx(0.90)
 
     v2 = registry.log_candidate(task, specialist_folder, metrics={"accuracy": 0.95})
@@ -90,8 +112,11 @@ def test_promote_rollback_list_and_download(task, registry, specialist_folder):
     back = registry.rollback(task, publish=events.append)  # to the previous champion
     assert (back.action, back.model.version) == (ModelAction.rolled_back, v1)
     assert registry.alias_version(task, CHAMPION) == v1
-    assert [e.action for e in events] == [ModelAction.promoted, ModelAction.promoted,
-                                          ModelAction.rolled_back]
+    assert [e.action for e in events] == [
+        ModelAction.promoted,
+        ModelAction.promoted,
+        ModelAction.rolled_back,
+    ]
     with pytest.raises(RegistryError, match="no earlier champion"):
         registry.rollback(task)
     registry.rollback(task, v2)  # an explicit version rolls forward again
@@ -104,13 +129,17 @@ def test_promote_rollback_list_and_download(task, registry, specialist_folder):
     assert registry.download(task) == folder  # cached: versions are immutable
 
 
-def test_a_run_records_params_lf_report_label_model_and_metrics(task, sqlite_registry,
-                                                                 specialist_folder, tmp_path):
+def test_a_run_records_params_lf_report_label_model_and_metrics(
+    task, sqlite_registry, specialist_folder, tmp_path
+):
     report = {"keyword_subscribe": {"coverage": np.float64(0.12), "votes": np.array([1, 2])}}
     version = sqlite_registry.log_candidate(
-        task, specialist_folder, params={"seed": 3, "families": "tfidf,minilm"},
+        task,
+        specialist_folder,
+        params={"seed": 3, "families": "tfidf,minilm"},
         metrics={"accuracy": 0.9, "recall.HAM": 1.0, "recall.what?": 0.5, "skipped": None},
-        lf_report=report, label_model={"name": "snorkel", "epochs": 500},
+        lf_report=report,
+        label_model={"name": "snorkel", "epochs": 500},
     )
     client = sqlite_registry.client
     run = client.get_run(client.get_model_version(f"protege-{task}", version).run_id)
@@ -119,8 +148,11 @@ def test_a_run_records_params_lf_report_label_model_and_metrics(task, sqlite_reg
     assert run.data.params["model"] == "tfidf-lr"
     assert run.data.metrics["recall.what_"] == 0.5
     assert "skipped" not in run.data.metrics
-    lf = json.loads(Path(client.download_artifacts(run.info.run_id, "lf_report.json",
-                                                   str(tmp_path))).read_text())
+    lf = json.loads(
+        Path(
+            client.download_artifacts(run.info.run_id, "lf_report.json", str(tmp_path))
+        ).read_text()
+    )
     assert lf == {"keyword_subscribe": {"coverage": 0.12, "votes": [1, 2]}}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "specialist")}
     assert artifacts == {"specialist/model.onnx", "specialist/model.json"}
@@ -137,8 +169,9 @@ def test_reject_records_reasons_and_leaves_the_champion(task, sqlite_registry, s
     assert statuses == {v1: "promoted", v2: "rejected"}
 
 
-def test_a_corrupt_onnx_champion_downloads_but_fails_to_load(task, sqlite_registry,
-                                                              specialist_folder, tmp_path):
+def test_a_corrupt_onnx_champion_downloads_but_fails_to_load(
+    task, sqlite_registry, specialist_folder, tmp_path
+):
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "model.json").write_text((specialist_folder / "model.json").read_text())
@@ -169,8 +202,9 @@ def test_the_default_store_is_sqlite_under_home(tmp_path, monkeypatch):
     assert production.mlflow_artifact_root is None  # the tracking server decides
 
 
-def test_models_cli_lists_promotes_and_rolls_back(task, sqlite_uri, specialist_folder,
-                                                  tmp_path, monkeypatch, capsys):
+def test_models_cli_lists_promotes_and_rolls_back(
+    task, sqlite_uri, specialist_folder, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("PROTEGE_HOME", str(tmp_path))
     monkeypatch.setenv("PROTEGE_MLFLOW_TRACKING_URI", sqlite_uri)
     monkeypatch.delenv("PROTEGE_KAFKA_BOOTSTRAP", raising=False)

@@ -5,9 +5,10 @@ import asyncio
 
 import numpy as np
 import pytest
-from protege.config import Policy, RoutingSpec, TaskSpec
+
 from protege.schemas import ModelRef, Route
 from protege.serving.router import Router, escalates, in_shadow_sample
+from protege.taskspec import Policy, RoutingSpec, TaskSpec
 
 SPECIALIST = ModelRef(model="tfidf-lr", version="3")
 FOUNDATION = ModelRef(model="smollm2", version="local")
@@ -15,7 +16,8 @@ FOUNDATION = ModelRef(model="smollm2", version="local")
 
 def make_task(policy: Policy, threshold: float = 0.8, shadow_rate: float = 0.0) -> TaskSpec:
     return TaskSpec(
-        name="t", labels=[{"name": "A", "description": "a"}, {"name": "B", "description": "b"}],
+        name="t",
+        labels=[{"name": "A", "description": "a"}, {"name": "B", "description": "b"}],
         routing=RoutingSpec(policy=policy, threshold=threshold, shadow_rate=shadow_rate),
     )
 
@@ -38,15 +40,24 @@ class Recorder:
 def route(task, texts, with_specialist=True):
     models = Recorder()
     router = Router(models.foundation, lambda: FOUNDATION)
-    specialist = (SPECIALIST, models.specialist, task.routing.threshold) if with_specialist else None
+    specialist = (
+        (SPECIALIST, models.specialist, task.routing.threshold) if with_specialist else None
+    )
     ids = [f"t.{i}.sig" for i in range(len(texts))]
     return asyncio.run(router.route(task, texts, ids, specialist)), models
 
 
 def test_cascade_answers_confident_texts_and_escalates_the_rest():
-    answers, models = route(make_task(Policy.cascade, threshold=0.8), ["0.95", "0.6", "0.85", "0.3"])
+    answers, models = route(
+        make_task(Policy.cascade, threshold=0.8), ["0.95", "0.6", "0.85", "0.3"]
+    )
     # 0.3 on A is 0.7 on B: still below 0.8, so it escalates too.
-    assert [a.route for a in answers] == [Route.specialist, Route.escalated, Route.specialist, Route.escalated]
+    assert [a.route for a in answers] == [
+        Route.specialist,
+        Route.escalated,
+        Route.specialist,
+        Route.escalated,
+    ]
     assert models.fm_calls == [["0.6", "0.3"]]  # escalations go to the FM as one batch
 
 

@@ -4,6 +4,7 @@ specialist for youtube-spam, the SmolLM2 foundation model, auth on."""
 import httpx
 import numpy as np
 import pytest
+
 from protege import datasets
 
 
@@ -23,8 +24,11 @@ def predict(client, task, body, role="predict", **kw):
 
 # ---------------------------------------------------------------- predictions
 
+
 def test_youtube_prediction_has_every_field(client):
-    response = predict(client, "youtube-spam", {"text": "Subscribe to my channel!! http://bit.ly/x"})
+    response = predict(
+        client, "youtube-spam", {"text": "Subscribe to my channel!! http://bit.ly/x"}
+    )
     assert response.status_code == 200, response.text
     (item,) = response.json()["predictions"]
     assert item["label"] == "SPAM" and item["route"] == "specialist"
@@ -77,31 +81,54 @@ def test_health_readiness_and_docs(client):
 
 # ---------------------------------------------------------------- feedback
 
+
 def test_feedback_on_a_real_prediction_is_accepted(client):
-    pid = predict(client, "youtube-spam", {"text": "nice song"}).json()["predictions"][0]["prediction_id"]
-    response = client.post("/v1/feedback", headers=as_("feedback"), json={
-        "prediction_id": pid, "verdict": "down", "label": "SPAM", "reviewer": "ana", "comment": "ad"})
+    pid = predict(client, "youtube-spam", {"text": "nice song"}).json()["predictions"][0][
+        "prediction_id"
+    ]
+    response = client.post(
+        "/v1/feedback",
+        headers=as_("feedback"),
+        json={
+            "prediction_id": pid,
+            "verdict": "down",
+            "label": "SPAM",
+            "reviewer": "ana",
+            "comment": "ad",
+        },
+    )
     assert response.status_code == 200, response.text
     assert response.json()["task"] == "youtube-spam" and response.json()["accepted"] is True
 
 
 def test_feedback_on_forged_id_is_404(client):
-    pid = predict(client, "youtube-spam", {"text": "nice song"}).json()["predictions"][0]["prediction_id"]
+    pid = predict(client, "youtube-spam", {"text": "nice song"}).json()["predictions"][0][
+        "prediction_id"
+    ]
     forged = pid[:-4] + ("AAAA" if not pid.endswith("AAAA") else "BBBB")
     for bad in (forged, "youtube-spam.123.abc", "nonsense"):
-        response = client.post("/v1/feedback", headers=as_("feedback"),
-                               json={"prediction_id": bad, "verdict": "up", "reviewer": "ana"})
+        response = client.post(
+            "/v1/feedback",
+            headers=as_("feedback"),
+            json={"prediction_id": bad, "verdict": "up", "reviewer": "ana"},
+        )
         assert response.status_code == 404, bad
 
 
 def test_feedback_label_not_in_task_is_422(client):
-    pid = predict(client, "youtube-spam", {"text": "nice song"}).json()["predictions"][0]["prediction_id"]
-    response = client.post("/v1/feedback", headers=as_("feedback"),
-                           json={"prediction_id": pid, "verdict": "down", "label": "card_arrival", "reviewer": "ana"})
+    pid = predict(client, "youtube-spam", {"text": "nice song"}).json()["predictions"][0][
+        "prediction_id"
+    ]
+    response = client.post(
+        "/v1/feedback",
+        headers=as_("feedback"),
+        json={"prediction_id": pid, "verdict": "down", "label": "card_arrival", "reviewer": "ana"},
+    )
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "label"]
 
 
 # ---------------------------------------------------------------- auth
+
 
 def test_no_key_is_401_and_wrong_role_is_403(client):
     body = {"text": "hello"}
@@ -111,15 +138,21 @@ def test_no_key_is_401_and_wrong_role_is_403(client):
     assert predict(client, "youtube-spam", body, role="admin").status_code == 200
     feedback = {"prediction_id": "x", "verdict": "up", "reviewer": "r"}
     assert client.post("/v1/feedback", json=feedback, headers=as_("predict")).status_code == 403
-    assert client.post("/v1/tasks/youtube-spam/predict", json=body, headers={"X-API-Key": "predict-key"}).status_code == 200
+    assert (
+        client.post(
+            "/v1/tasks/youtube-spam/predict", json=body, headers={"X-API-Key": "predict-key"}
+        ).status_code
+        == 200
+    )
 
 
 # ---------------------------------------------------------------- bad input
 
+
 def assert_422_naming(response, *loc):
     assert response.status_code == 422, response.text
     locs = [tuple(e["loc"]) for e in response.json()["detail"]]
-    assert any(l[: len(loc)] == loc for l in locs), locs
+    assert any(found[: len(loc)] == loc for found in locs), locs
 
 
 def test_unknown_task_is_404(client):
@@ -135,7 +168,9 @@ def test_empty_or_blank_text_is_422(client, text):
 
 def test_text_over_the_limit_is_422(client):
     assert_422_naming(predict(client, "youtube-spam", {"text": "a" * 2001}), "body", "text")
-    assert_422_naming(predict(client, "banking77", {"texts": ["ok", "b" * 1001]}), "body", "texts", 1)
+    assert_422_naming(
+        predict(client, "banking77", {"texts": ["ok", "b" * 1001]}), "body", "texts", 1
+    )
 
 
 def test_batch_over_the_limit_is_422(client):
@@ -148,27 +183,40 @@ def test_wrong_types_are_422(client):
     assert_422_naming(predict(client, "youtube-spam", {"texts": "not a list"}), "body", "texts")
     assert_422_naming(predict(client, "youtube-spam", {"text": "a", "texts": ["b"]}), "body")
     assert_422_naming(predict(client, "youtube-spam", {}), "body")
-    response = client.post("/v1/feedback", headers=as_("feedback"), json={"prediction_id": "x", "verdict": "maybe", "reviewer": "r"})
+    response = client.post(
+        "/v1/feedback",
+        headers=as_("feedback"),
+        json={"prediction_id": "x", "verdict": "maybe", "reviewer": "r"},
+    )
     assert_422_naming(response, "body", "verdict")
 
 
 def test_unknown_fields_are_422(client):
-    assert_422_naming(predict(client, "youtube-spam", {"text": "hi", "temperature": 0}), "body", "temperature")
+    assert_422_naming(
+        predict(client, "youtube-spam", {"text": "hi", "temperature": 0}), "body", "temperature"
+    )
 
 
 def test_malformed_json_is_422(client):
-    response = client.post("/v1/tasks/youtube-spam/predict", content=b'{"text": "hi"',
-                           headers={**as_("predict"), "Content-Type": "application/json"})
+    response = client.post(
+        "/v1/tasks/youtube-spam/predict",
+        content=b'{"text": "hi"',
+        headers={**as_("predict"), "Content-Type": "application/json"},
+    )
     assert response.status_code == 422 and response.json()["detail"][0]["type"] == "json_invalid"
 
 
 def test_body_that_is_not_utf8_is_400(client):
-    response = client.post("/v1/tasks/youtube-spam/predict", content=b'{"text": "caf\xe9"}',
-                           headers={**as_("predict"), "Content-Type": "application/json"})
+    response = client.post(
+        "/v1/tasks/youtube-spam/predict",
+        content=b'{"text": "caf\xe9"}',
+        headers={**as_("predict"), "Content-Type": "application/json"},
+    )
     assert response.status_code == 400 and "UTF-8" in response.json()["detail"]
 
 
 # ---------------------------------------------------------------- metrics
+
 
 def test_prometheus_metrics_count_predictions_by_task_route_and_model(serving_app, client):
     import time
@@ -181,6 +229,15 @@ def test_prometheus_metrics_count_predictions_by_task_route_and_model(serving_ap
         if "protege_predictions" in text and "protege_predict_latency_ms" in text:
             break
         time.sleep(1)
-    lines = [l for l in text.splitlines() if l.startswith("ray_protege_predictions") and 'task="youtube-spam"' in l]
-    assert any('route="specialist"' in l and 'model="tfidf-lr"' in l and float(l.rsplit(" ", 1)[1]) >= 3 for l in lines), lines
+    lines = [
+        line
+        for line in text.splitlines()
+        if line.startswith("ray_protege_predictions") and 'task="youtube-spam"' in line
+    ]
+    assert any(
+        'route="specialist"' in line
+        and 'model="tfidf-lr"' in line
+        and float(line.rsplit(" ", 1)[1]) >= 3
+        for line in lines
+    ), lines
     assert "ray_protege_predict_latency_ms_bucket" in text

@@ -11,11 +11,12 @@ import types
 import numpy as np
 import pytest
 import torch
+
 from protege import datasets
-from protege.config import TrainingSpec
+from protege.artifact import TOKENIZER_FILE, Specialist
 from protege.improver.training import TrainingSet, distill, minilm, tfidf, train_specialist
 from protege.improver.training.distill import time_training
-from protege.serving.specialist import TOKENIZER_FILE, Specialist
+from protege.taskspec import TrainingSpec
 
 LABELS = ["HAM", "SPAM"]
 N_TRAIN = 240
@@ -34,8 +35,9 @@ def trained(youtube, tmp_path_factory):
     train, _ = youtube
     data = TrainingSet.from_gold(LABELS, train.texts, train.labels)
     files = minilm.train(data, TrainingSpec(), progress=False)
-    folder = files.write(tmp_path_factory.mktemp("minilm"), task="youtube-spam",
-                         labels=LABELS, version="t")
+    folder = files.write(
+        tmp_path_factory.mktemp("minilm"), task="youtube-spam", labels=LABELS, version="t"
+    )
     return files, folder
 
 
@@ -86,22 +88,32 @@ def test_head_trains_on_soft_targets_deterministically():
 
 
 def _family_trained_on_shuffled_labels(data, spec, progress=True):
-    shuffled = TrainingSet(data.labels, data.texts,
-                           np.random.default_rng(1).permutation(data.targets),
-                           data.weights, data.gold)
+    shuffled = TrainingSet(
+        data.labels,
+        data.texts,
+        np.random.default_rng(1).permutation(data.targets),
+        data.weights,
+        data.gold,
+    )
     return tfidf.train(shuffled, spec, progress=progress)
 
 
 @pytest.mark.parametrize("order", [["tfidf", "minilm"], ["minilm", "tfidf"]])
 def test_the_better_family_on_validation_is_kept(youtube, monkeypatch, order):
     """Stand in a shuffled-label model for "minilm" (cheap): tfidf must win either way."""
-    monkeypatch.setitem(distill.FAMILIES, "minilm",
-                        types.SimpleNamespace(train=_family_trained_on_shuffled_labels))
+    monkeypatch.setitem(
+        distill.FAMILIES, "minilm", types.SimpleNamespace(train=_family_trained_on_shuffled_labels)
+    )
     train = datasets.youtube("train").subset(range(300))
     valid = datasets.youtube("valid")
     data = TrainingSet.from_gold(LABELS, train.texts, train.labels)
-    candidate = train_specialist("youtube-spam", data, TrainingSpec(families=order),
-                                 (valid.texts, valid.labels), progress=False)
+    candidate = train_specialist(
+        "youtube-spam",
+        data,
+        TrainingSpec(families=order),
+        (valid.texts, valid.labels),
+        progress=False,
+    )
     assert candidate.family == "tfidf"
     assert candidate.validation_accuracy["tfidf"] > candidate.validation_accuracy["minilm"] + 0.1
     assert set(candidate.train_seconds) == {"tfidf", "minilm"}
@@ -110,11 +122,11 @@ def test_the_better_family_on_validation_is_kept(youtube, monkeypatch, order):
 def test_without_a_validation_split_a_stratified_share_is_held_out(youtube):
     train, _ = youtube
     data = TrainingSet.from_gold(LABELS, train.texts, train.labels)
-    candidate = train_specialist("youtube-spam", data, TrainingSpec(families=["tfidf"]),
-                                 progress=False)
+    candidate = train_specialist(
+        "youtube-spam", data, TrainingSpec(families=["tfidf"]), progress=False
+    )
     assert candidate.params["validation_examples"] == pytest.approx(0.15 * N_TRAIN, abs=2)
-    assert candidate.params["train_examples"] + candidate.params["validation_examples"] \
-        == N_TRAIN
+    assert candidate.params["train_examples"] + candidate.params["validation_examples"] == N_TRAIN
 
 
 def test_training_time_is_measured_per_thousand_examples(youtube):
@@ -127,13 +139,18 @@ def test_training_time_is_measured_per_thousand_examples(youtube):
 
 def test_with_enough_gold_rows_the_hold_out_is_gold_only(youtube):
     train, _ = youtube
-    data = TrainingSet.build(LABELS, soft_texts=[t + " (soft)" for t in train.texts],
-                             soft_probs=np.eye(2)[train.y], gold_texts=train.texts,
-                             gold_labels=train.labels)
+    data = TrainingSet.build(
+        LABELS,
+        soft_texts=[t + " (soft)" for t in train.texts],
+        soft_probs=np.eye(2)[train.y],
+        gold_texts=train.texts,
+        gold_labels=train.labels,
+    )
     rest, held = data.split(0.15, seed=0, among=data.gold)
     assert held.gold.all() and len(held) == pytest.approx(0.15 * N_TRAIN, abs=2)
     assert len(rest) + len(held) == len(data)
     assert np.mean(held.targets[:, 1]) == pytest.approx(np.mean(train.y), abs=0.05)  # stratified
-    candidate = train_specialist("youtube-spam", data, TrainingSpec(families=["tfidf"]),
-                                 progress=False)
+    candidate = train_specialist(
+        "youtube-spam", data, TrainingSpec(families=["tfidf"]), progress=False
+    )
     assert candidate.params["validation_examples"] == len(held)

@@ -1,5 +1,5 @@
-"""A whole training round (distill -> evaluate -> calibrate -> gate -> register ->
-promote or reject), and training as a Ray task."""
+"""A round's last steps on given data (train -> judge: evaluate, calibrate, gate ->
+decide: register, promote or reject), and training as a Ray task."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ import os
 
 import numpy as np
 import pytest
+
 from protege import datasets
-from protege.config import DEFAULT_TASKS_FILE, GateSpec, TrainingSpec, load_tasks
-from protege.improver.trainer import run_round, train_on_ray
-from protege.improver.training import TrainingSet
+from protege.artifact import Specialist
+from protege.improver.judge.exam import Exam, FoundationAnswers
+from protege.improver.judge.judgement import judge
+from protege.improver.loop import decide, fetch_champion
+from protege.improver.training import TrainingSet, train_specialist
+from protege.improver.training.jobs import train_on_ray
 from protege.registry import CHAMPION, Registry
 from protege.schemas import ModelAction
-from protege.serving.specialist import Specialist
+from protege.taskspec import DEFAULT_TASKS_FILE, GateSpec, TrainingSpec, load_tasks
 
 LABELS = ["HAM", "SPAM"]
 
@@ -21,10 +25,12 @@ LABELS = ["HAM", "SPAM"]
 @pytest.fixture(scope="module")
 def task():
     spec = load_tasks(DEFAULT_TASKS_FILE)["youtube-spam"]
-    return spec.model_copy(update={
-        "training": TrainingSpec(families=["tfidf"]),
-        "gate": GateSpec(min_accuracy=0.8),
-    })
+    return spec.model_copy(
+        update={
+            "training": TrainingSpec(families=["tfidf"]),
+            "gate": GateSpec(min_accuracy=0.8),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,48 +49,96 @@ def weak_plus_gold(train, gold_share=0.2, seed=0, shuffle=False) -> TrainingSet:
     if shuffle:
         votes = rng.permutation(votes)
         gold_labels = list(rng.permutation(gold_labels))
-    return TrainingSet.build(LABELS, soft_texts=train.texts, soft_probs=votes,
-                             gold_texts=[train.texts[i] for i in gold_rows],
-                             gold_labels=gold_labels)
+    return TrainingSet.build(
+        LABELS,
+        soft_texts=train.texts,
+        soft_probs=votes,
+        gold_texts=[train.texts[i] for i in gold_rows],
+        gold_labels=gold_labels,
+    )
+
+
+def judge_and_decide(
+    task, train: TrainingSet, test, registry, tmp_path, *, fm=None, validation=None, publish=None
+):
+    """Train on `train`, judge on `test` (with the FM's label indices `fm`), decide."""
+    candidate = train_specialist(task.name, train, task.training, validation, progress=False)
+    n = len(test)
+    answers = (
+        FoundationAnswers(np.eye(2, dtype=np.float32)[fm], np.arange(n), 0, 0, n, n)
+        if fm is not None
+        else FoundationAnswers(np.zeros((0, 2), np.float32), np.zeros(0, np.int64), 0, 0, 0, n)
+    )
+    folder = candidate.write(tmp_path / f"candidate-{len(list(tmp_path.iterdir()))}")
+    judgement = judge(
+        task, folder, Exam(test.texts, test.labels, answers), fetch_champion(registry, task)
+    )
+    version, event = decide(
+        task,
+        candidate,
+        folder,
+        judgement,
+        registry,
+        lf_report={"lfs": 10},
+        label_model={"name": "majority"},
+        publish=publish,
+    )
+    return judgement, version, event
 
 
 def test_a_good_round_is_promoted_and_a_shuffled_one_rejected(task, youtube, tmp_path):
-    registry = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "art").as_uri(),
-                        tmp_path / "cache")
+    registry = Registry(
+        f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "art").as_uri(), tmp_path / "cache"
+    )
     test = youtube["test"]
     rng = np.random.default_rng(0)
     fm = np.where(rng.random(len(test)) < 0.85, test.y, 1 - test.y)  # an 85 % FM
     events = []
     valid = (youtube["valid"].texts, youtube["valid"].labels)
 
-    first = run_round(task, weak_plus_gold(youtube["train"]), (test.texts, test.labels),
-                      registry, validation=valid, fm_test_predictions=fm,
-                      lf_report={"lfs": 10}, label_model="majority_vote",
-                      publish=events.append, use_ray=False, progress=False)
+    first, first_version, first_event = judge_and_decide(
+        task,
+        weak_plus_gold(youtube["train"]),
+        test,
+        registry,
+        tmp_path,
+        fm=fm,
+        validation=valid,
+        publish=events.append,
+    )
     print(f"\n{first.table()}\ncascade: {first.calibration}")
-    assert first.decision.passed and first.event.action == ModelAction.promoted
-    assert registry.alias_version(task.name, CHAMPION) == first.version
+    assert first.decision.passed and first_event.action == ModelAction.promoted
+    assert registry.alias_version(task.name, CHAMPION) == first_version
     served = Specialist(registry.download(task.name), LABELS)
-    assert served.meta.version == first.version
+    assert served.meta.version == first_version
     assert served.meta.threshold == pytest.approx(first.calibration.threshold)
     assert first.calibration.met and first.calibration.cascade_accuracy >= 0.85 - 0.05
-    assert first.metrics["candidate"].accuracy >= 0.88
+    assert first.candidate.metrics.accuracy >= 0.88
 
-    second = run_round(task, weak_plus_gold(youtube["train"], shuffle=True),
-                       (test.texts, test.labels), registry, validation=valid,
-                       fm_test_predictions=fm, publish=events.append, use_ray=False,
-                       progress=False)
+    second, second_version, second_event = judge_and_decide(
+        task,
+        weak_plus_gold(youtube["train"], shuffle=True),
+        test,
+        registry,
+        tmp_path,
+        fm=fm,
+        validation=valid,
+        publish=events.append,
+    )
     assert not second.decision.passed
-    assert second.event.action == ModelAction.rejected and second.event.reasons
-    assert second.champion_version == first.version
-    assert registry.alias_version(task.name, CHAMPION) == first.version  # still serving
+    assert second_event.action == ModelAction.rejected and second_event.reasons
+    assert second.champion_version == first_version
+    assert registry.alias_version(task.name, CHAMPION) == first_version  # still serving
     assert [e.action for e in events] == [ModelAction.promoted, ModelAction.rejected]
     assert {i.version: i.status for i in registry.list(task.name)} == {
-        first.version: "promoted", second.version: "rejected"}
+        first_version: "promoted",
+        second_version: "rejected",
+    }
 
 
 def test_training_runs_as_a_ray_task(task, youtube, tmp_path):
     import ray
+
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     started_here = not ray.is_initialized()
     if started_here:
@@ -102,20 +156,23 @@ def test_training_runs_as_a_ray_task(task, youtube, tmp_path):
 
 
 def test_a_champion_that_cannot_load_does_not_block_a_good_candidate(task, youtube, tmp_path):
-    registry = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "art").as_uri(),
-                        tmp_path / "cache")
+    registry = Registry(
+        f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "art").as_uri(), tmp_path / "cache"
+    )
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "model.onnx").write_bytes(b"not an onnx graph")
     (corrupt / "model.json").write_text(
         '{"task": "youtube-spam", "model": "tfidf-lr", "version": "x", '
-        '"labels": ["HAM", "SPAM"], "threshold": null}')
+        '"labels": ["HAM", "SPAM"], "threshold": null}'
+    )
     registry.promote(task.name, registry.log_candidate(task.name, corrupt))
     train = youtube["train"].subset(range(300))
     test = youtube["test"]
-    result = run_round(task, TrainingSet.from_gold(LABELS, train.texts, train.labels),
-                       (test.texts, test.labels), registry, use_ray=False, progress=False)
-    assert result.event.action == ModelAction.promoted
-    assert result.metrics["champion"] is None
-    assert any("cannot be evaluated" in r for r in result.event.reasons)
-    assert result.calibration is None  # no FM predictions given: the task's threshold stays
+    judgement, _, event = judge_and_decide(
+        task, TrainingSet.from_gold(LABELS, train.texts, train.labels), test, registry, tmp_path
+    )
+    assert event.action == ModelAction.promoted
+    assert judgement.metrics["champion"] is None
+    assert any("cannot be evaluated" in r for r in event.reasons)
+    assert judgement.calibration is None  # no FM answers: the task's threshold stays

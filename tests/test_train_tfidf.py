@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from protege import datasets
-from protege.config import TrainingSpec
-from protege.improver.evaluate import evaluate_specialist
+from protege.artifact import Specialist
+from protege.improver.judge.evaluate import evaluate_specialist
 from protege.improver.training import TrainingSet, tfidf
-from protege.serving.specialist import Specialist
+from protege.taskspec import TrainingSpec
 
 LABELS = ["HAM", "SPAM"]
 
@@ -29,7 +30,9 @@ def weak_plus_gold(train: datasets.Dataset, gold_share: float, seed: int = 0) ->
     rng = np.random.default_rng(seed)
     gold_rows = np.flatnonzero(rng.random(len(train)) < gold_share)
     return TrainingSet.build(
-        train.label_names, soft_texts=train.texts, soft_probs=majority_vote(train.weak_labels),
+        train.label_names,
+        soft_texts=train.texts,
+        soft_probs=majority_vote(train.weak_labels),
         gold_texts=[train.texts[i] for i in gold_rows],
         gold_labels=[train.labels[i] for i in gold_rows],
     )
@@ -45,7 +48,9 @@ def test_training_set_gold_wins_and_uninformative_soft_rows_are_dropped():
         LABELS,
         soft_texts=["a", "b", "c", "d"],
         soft_probs=[[0.2, 0.8], [0.5, 0.5], [0.0, 0.0], [0.7, 0.3]],
-        gold_texts=["d"], gold_labels=["SPAM"], gold_weight=3.0,
+        gold_texts=["d"],
+        gold_labels=["SPAM"],
+        gold_weight=3.0,
     )
     assert data.texts == ["a", "d"]
     np.testing.assert_allclose(data.targets, [[0.2, 0.8], [0.0, 1.0]])
@@ -54,11 +59,15 @@ def test_training_set_gold_wins_and_uninformative_soft_rows_are_dropped():
 
 
 def test_soft_targets_expand_to_weighted_rows_and_absent_labels_get_a_placeholder():
-    data = TrainingSet.build(["A", "B", "C"], soft_texts=["x", "y"],
-                             soft_probs=[[0.25, 0.75, 0.0], [1.0, 0.0, 0.0]])
+    data = TrainingSet.build(
+        ["A", "B", "C"], soft_texts=["x", "y"], soft_probs=[[0.25, 0.75, 0.0], [1.0, 0.0, 0.0]]
+    )
     texts, y, w = tfidf.expand(data)
     assert list(zip(texts, y.tolist(), np.round(w, 6).tolist())) == [
-        ("x", 0, 0.25), ("x", 1, 0.75), ("y", 0, 1.0), ("", 2, 0.000001),
+        ("x", 0, 0.25),
+        ("x", 1, 0.75),
+        ("y", 0, 1.0),
+        ("", 2, 0.000001),
     ]
 
 
@@ -80,19 +89,21 @@ def test_onnx_export_serves_the_trained_pipeline(youtube, tmp_path):
 
 
 def test_tiny_corpora_still_export_a_loadable_graph(tmp_path):
-    data = TrainingSet.from_gold(LABELS, ["nice", "subscribe!!", "ok", "my channel"],
-                                 [0, 1, 0, 1])
+    data = TrainingSet.from_gold(LABELS, ["nice", "subscribe!!", "ok", "my channel"], [0, 1, 0, 1])
     folder = tfidf.train(data, TrainingSpec(), progress=False).write(
-        tmp_path, task="t", labels=LABELS, version="1")
+        tmp_path, task="t", labels=LABELS, version="1"
+    )
     assert Specialist(folder).predict_proba(["check my channel"]).shape == (1, 2)
 
 
 def test_a_label_no_example_carries_keeps_its_output_column(tmp_path):
     labels = ["A", "B", "C"]
-    data = TrainingSet.from_gold(labels, ["apple pie", "banana split", "apple tart",
-                                          "banana bread"], ["A", "B", "A", "B"])
+    data = TrainingSet.from_gold(
+        labels, ["apple pie", "banana split", "apple tart", "banana bread"], ["A", "B", "A", "B"]
+    )
     folder = tfidf.train(data, TrainingSpec(), progress=False).write(
-        tmp_path, task="t", labels=labels, version="1")
+        tmp_path, task="t", labels=labels, version="1"
+    )
     probs = Specialist(folder, labels).predict_proba(["apple", "banana"])
     assert probs.shape == (2, 3)
     assert probs[:, 2].max() < 0.01
@@ -117,7 +128,9 @@ def test_youtube_majority_vote_plus_20pct_gold_is_near_the_references(youtube, t
     test = youtube["test"]
     evaluation = evaluate_specialist(folder, test.texts, test.labels, LABELS)
     m = evaluation.metrics
-    print(f"\nyoutube test, TF-IDF on majority vote + 20 % gold ({len(data)} rows, "
-          f"{int(data.gold.sum())} gold): accuracy {m.accuracy:.4f}, macro-F1 {m.macro_f1:.4f}, "
-          f"ECE {m.ece:.4f}, p50 {m.p50_latency_ms:.2f} ms; references 0.928 / 0.949")
+    print(
+        f"\nyoutube test, TF-IDF on majority vote + 20 % gold ({len(data)} rows, "
+        f"{int(data.gold.sum())} gold): accuracy {m.accuracy:.4f}, macro-F1 {m.macro_f1:.4f}, "
+        f"ECE {m.ece:.4f}, p50 {m.p50_latency_ms:.2f} ms; references 0.928 / 0.949"
+    )
     assert m.accuracy >= 0.90

@@ -8,7 +8,18 @@ import importlib
 import sys
 
 # One module per subcommand group; add a name here to add a command.
-COMMAND_MODULES = ["up", "demo", "fm_server", "broker", "models", "lf", "errors", "gold", "improver"]
+COMMAND_MODULES = [
+    "up",
+    "demo",
+    "fm_server",
+    "broker",
+    "models",
+    "lf",
+    "errors",
+    "gold",
+    "improver",
+    "tasks",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,8 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from protege.settings import SettingsError
+    from protege.taskspec import TasksFileError
+
     args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except (SettingsError, TasksFileError) as exc:
+        # A configuration mistake is the user's to fix: say what and where, no traceback.
+        print("\n".join(f"error: {line}" for line in str(exc).splitlines()), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protege.artifact import META_FILE, SpecialistMeta, update_meta
 from protege.schemas import ModelAction, ModelEvent, ModelRef
 
 # No telemetry or git lookups from a service that may have no network.
@@ -79,20 +80,24 @@ class Registry:
     PosixPath('~/.protege/models/youtube-spam/1')
     """
 
-    def __init__(self, tracking_uri: str, artifact_root: str | None = None,
-                 cache_dir: Path | str | None = None):
+    def __init__(
+        self,
+        tracking_uri: str,
+        artifact_root: str | None = None,
+        cache_dir: Path | str | None = None,
+    ):
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root.rstrip("/") if artifact_root else None
-        self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / \
-            "protege-models"
+        self.cache_dir = (
+            Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "protege-models"
+        )
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     @classmethod
     def from_settings(cls, settings) -> Registry:
-        return cls(settings.mlflow_tracking_uri, settings.mlflow_artifact_root,
-                   settings.models_dir)
+        return cls(settings.mlflow_tracking_uri, settings.mlflow_artifact_root, settings.models_dir)
 
     # ------------------------------------------------------------------ writing
 
@@ -119,7 +124,8 @@ class Registry:
         except MlflowException:
             try:
                 self.client.create_registered_model(
-                    name, tags={"protege.task": task},
+                    name,
+                    tags={"protege.task": task},
                     description=f"Protégé specialist for task {task}",
                 )
             except MlflowException:  # created concurrently
@@ -143,28 +149,34 @@ class Registry:
         that the served model names itself (`served_by`) as the registry does."""
         from mlflow.entities import Metric, Param, RunTag
 
-        from protege.improver.export import update_meta
-        from protege.serving.specialist import SpecialistMeta
-
         folder = Path(folder)
         meta = SpecialistMeta.read(folder)
         self._ensure_registered_model(task)
         run = self.client.create_run(
-            self._experiment_id(task), run_name=f"{task}-{meta.model}",
+            self._experiment_id(task),
+            run_name=f"{task}-{meta.model}",
             tags={"protege.task": task, "protege.model": meta.model},
         )
         run_id = run.info.run_id
         try:
             now = int(time.time() * 1000)
-            label_model_name = (label_model if isinstance(label_model, str)
-                                else label_model.get("name") if label_model else None)
+            label_model_name = (
+                label_model
+                if isinstance(label_model, str)
+                else label_model.get("name")
+                if label_model
+                else None
+            )
             all_params = {**(params or {}), "model": meta.model}
             if label_model_name:
                 all_params["label_model"] = label_model_name
             self.client.log_batch(
                 run_id,
-                metrics=[Metric(_key(k), float(v), now, 0) for k, v in (metrics or {}).items()
-                         if isinstance(v, (int, float)) and not math.isnan(v)],
+                metrics=[
+                    Metric(_key(k), float(v), now, 0)
+                    for k, v in (metrics or {}).items()
+                    if isinstance(v, (int, float)) and not math.isnan(v)
+                ],
                 params=[Param(_key(k), str(v)[:6000]) for k, v in all_params.items()],
                 tags=[RunTag("protege.labels", json.dumps(meta.labels)[:5000])],
             )
@@ -176,7 +188,9 @@ class Registry:
                 self.client.log_dict(run_id, _jsonable(report), "report.json")
             source = f"{run.info.artifact_uri}/{ARTIFACT_DIR}"
             version = self.client.create_model_version(
-                registered_name(task), source, run_id=run_id,
+                registered_name(task),
+                source,
+                run_id=run_id,
                 tags={"protege.model": meta.model, "protege.status": "candidate"},
             ).version
             try:
@@ -189,8 +203,7 @@ class Registry:
                 self.client.delete_model_version(registered_name(task), version)
                 raise
             if set_challenger:
-                self.client.set_registered_model_alias(registered_name(task), CHALLENGER,
-                                                       version)
+                self.client.set_registered_model_alias(registered_name(task), CHALLENGER, version)
             self.client.set_terminated(run_id, "FINISHED")
             return str(version)
         except Exception:
@@ -223,24 +236,40 @@ class Registry:
         return json.loads(model.tags.get(HISTORY_TAG, "[]"))
 
     def _set_history(self, task: str, history: list[str]) -> None:
-        self.client.set_registered_model_tag(registered_name(task), HISTORY_TAG,
-                                             json.dumps(history[-HISTORY_LENGTH:]))
+        self.client.set_registered_model_tag(
+            registered_name(task), HISTORY_TAG, json.dumps(history[-HISTORY_LENGTH:])
+        )
 
-    def _event(self, task: str, version: str, action: ModelAction,
-               reasons: list[str], metrics: Mapping | None) -> ModelEvent:
+    def _event(
+        self,
+        task: str,
+        version: str,
+        action: ModelAction,
+        reasons: list[str],
+        metrics: Mapping | None,
+    ) -> ModelEvent:
         mv = self._version(task, version)
         run_metrics = self.client.get_run(mv.run_id).data.metrics if mv.run_id else {}
         payload = {k: v for k, v in run_metrics.items() if "." not in k}
         payload.update(metrics or {})
         return ModelEvent(
-            task=task, model=ModelRef(model=mv.tags.get("protege.model", "unknown"),
-                                      version=str(version)),
-            action=action, metrics=payload, reasons=list(reasons),
+            task=task,
+            model=ModelRef(model=mv.tags.get("protege.model", "unknown"), version=str(version)),
+            action=action,
+            metrics=payload,
+            reasons=list(reasons),
         )
 
-    def _move_champion(self, task: str, version: str, action: ModelAction, reasons: list[str],
-                       metrics: Mapping | None, publish: Publish | None,
-                       remember_previous: bool) -> ModelEvent:
+    def _move_champion(
+        self,
+        task: str,
+        version: str,
+        action: ModelAction,
+        reasons: list[str],
+        metrics: Mapping | None,
+        publish: Publish | None,
+        remember_previous: bool,
+    ) -> ModelEvent:
         name = registered_name(task)
         self._version(task, version)
         previous = self.alias_version(task, CHAMPION)
@@ -258,17 +287,37 @@ class Registry:
             publish(event)
         return event
 
-    def promote(self, task: str, version: str | None = None, *, reasons: list[str] | None = None,
-                metrics: Mapping | None = None, publish: Publish | None = None) -> ModelEvent:
+    def promote(
+        self,
+        task: str,
+        version: str | None = None,
+        *,
+        reasons: list[str] | None = None,
+        metrics: Mapping | None = None,
+        publish: Publish | None = None,
+    ) -> ModelEvent:
         """Make `version` (default: the challenger) the champion."""
         version = version or self.alias_version(task, CHALLENGER)
         if version is None:
             raise RegistryError(f"{task}: no version given and no {CHALLENGER}")
-        return self._move_champion(task, str(version), ModelAction.promoted, reasons or [],
-                                   metrics, publish, remember_previous=True)
+        return self._move_champion(
+            task,
+            str(version),
+            ModelAction.promoted,
+            reasons or [],
+            metrics,
+            publish,
+            remember_previous=True,
+        )
 
-    def rollback(self, task: str, version: str | None = None, *,
-                 reasons: list[str] | None = None, publish: Publish | None = None) -> ModelEvent:
+    def rollback(
+        self,
+        task: str,
+        version: str | None = None,
+        *,
+        reasons: list[str] | None = None,
+        publish: Publish | None = None,
+    ) -> ModelEvent:
         """Make `version` (default: the champion before the current one) the champion."""
         history = self._history(task)
         current = self.alias_version(task, CHAMPION)
@@ -282,18 +331,34 @@ class Registry:
             history = [v for v in history if v != str(version)]
         self._set_history(task, history)
         if current is not None:  # a rolled-back version may be rolled forward again
-            self.client.set_model_version_tag(registered_name(task), current,
-                                              "protege.status", "rolled_back_from")
-        return self._move_champion(task, str(version), ModelAction.rolled_back, reasons or [],
-                                   None, publish, remember_previous=False)
+            self.client.set_model_version_tag(
+                registered_name(task), current, "protege.status", "rolled_back_from"
+            )
+        return self._move_champion(
+            task,
+            str(version),
+            ModelAction.rolled_back,
+            reasons or [],
+            None,
+            publish,
+            remember_previous=False,
+        )
 
-    def reject(self, task: str, version: str, reasons: list[str], *,
-               metrics: Mapping | None = None, publish: Publish | None = None) -> ModelEvent:
+    def reject(
+        self,
+        task: str,
+        version: str,
+        reasons: list[str],
+        *,
+        metrics: Mapping | None = None,
+        publish: Publish | None = None,
+    ) -> ModelEvent:
         """Record a gate rejection on the version; the champion is untouched."""
         name = registered_name(task)
         self.client.set_model_version_tag(name, str(version), "protege.status", "rejected")
-        self.client.set_model_version_tag(name, str(version), "protege.reasons",
-                                          json.dumps(reasons)[:5000])
+        self.client.set_model_version_tag(
+            name, str(version), "protege.reasons", json.dumps(reasons)[:5000]
+        )
         event = self._event(task, str(version), ModelAction.rejected, reasons, metrics)
         if publish is not None:
             publish(event)
@@ -316,16 +381,28 @@ class Registry:
         infos = []
         for mv in self.client.search_model_versions(f"name='{name}'"):
             metrics = self.client.get_run(mv.run_id).data.metrics if mv.run_id else {}
-            infos.append(ModelVersionInfo(
-                task=task, version=str(mv.version), model=mv.tags.get("protege.model", "?"),
-                aliases=sorted(by_version.get(str(mv.version), [])),
-                status=mv.tags.get("protege.status", "?"), metrics=dict(metrics),
-                created=mv.creation_timestamp / 1000.0, run_id=mv.run_id or "",
-            ))
+            infos.append(
+                ModelVersionInfo(
+                    task=task,
+                    version=str(mv.version),
+                    model=mv.tags.get("protege.model", "?"),
+                    aliases=sorted(by_version.get(str(mv.version), [])),
+                    status=mv.tags.get("protege.status", "?"),
+                    metrics=dict(metrics),
+                    created=mv.creation_timestamp / 1000.0,
+                    run_id=mv.run_id or "",
+                )
+            )
         return sorted(infos, key=lambda i: int(i.version), reverse=True)
 
-    def download(self, task: str, alias: str = CHAMPION, *, version: str | None = None,
-                 dst: Path | str | None = None) -> Path:
+    def download(
+        self,
+        task: str,
+        alias: str = CHAMPION,
+        *,
+        version: str | None = None,
+        dst: Path | str | None = None,
+    ) -> Path:
         """A local folder holding the specialist that `alias` (or `version`) names.
 
         Cached under `cache_dir/<task>/<version>`: versions never change, so a folder
@@ -335,7 +412,7 @@ class Registry:
             raise RegistryError(f"{task}: no model has alias {alias!r}")
         mv = self._version(task, version)
         target = Path(dst) if dst else self.cache_dir / task / str(version)
-        if (target / "model.json").exists():
+        if (target / META_FILE).exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".download-", dir=target.parent) as tmp:
@@ -343,7 +420,7 @@ class Registry:
             try:
                 os.replace(local, target)
             except OSError:  # another replica won the race, or dst exists
-                if not (target / "model.json").exists():
+                if not (target / META_FILE).exists():
                     shutil.copytree(local, target, dirs_exist_ok=True)
         return target
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
-from protege.config import Settings
+from protege.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,25 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump(mode="json").items():
         if value is None or isinstance(value, (dict, list)):
             continue
-        env[f"PROTEGE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        env[f"PROTEGE_{name.upper()}"] = (
+            str(value).lower() if isinstance(value, bool) else str(value)
+        )
     secret = settings.kafka_sasl_password
     if secret is not None:
         env["PROTEGE_KAFKA_SASL_PASSWORD"] = secret.get_secret_value()
     return env
+
+
+def curl_examples(url: str, auth_disabled: bool) -> str:
+    """Commands a person can paste to try the API."""
+    header = "" if auth_disabled else " -H 'Authorization: Bearer $PROTEGE_KEY'"
+    return (
+        f"  curl -s {url}/v1/tasks/youtube-spam/predict{header} -H 'Content-Type: application/json' \\\n"
+        f'       -d \'{{"text": "Check out my channel, subscribe!"}}\'\n'
+        f"  curl -s {url}/v1/tasks/banking77/predict{header} -H 'Content-Type: application/json' \\\n"
+        f'       -d \'{{"text": "My card has not arrived yet"}}\'\n'
+        f"  API reference: {url}/docs"
+    )
 
 
 def improver_command(args: Sequence[str] = ()) -> list[str]:
@@ -100,7 +114,9 @@ class LocalStack:
         return self.log_dir / "improver.log"
 
     def start(self) -> Self:
-        """Broker, Serve app, improver; on any failure what was started is stopped again."""
+        """Broker, Serve app, improver; on any failure what was started is stopped again.
+        The tasks file is validated first: a bad one raises TasksFileError, nothing started."""
+        self.settings.load_tasks()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._start_broker()
@@ -125,8 +141,10 @@ class LocalStack:
     def _start_serve(self) -> None:
         from protege.serving.launch import start_serve
 
-        self.say(f"starting the Serve app (tasks from {self.settings.tasks_file}); "
-                 "the first start on a machine converts the CPU model (~30 s)")
+        self.say(
+            f"starting the Serve app (tasks from {self.settings.tasks_file}); "
+            "the first start on a machine converts the CPU model (~30 s)"
+        )
         self._serving = True
         self.url = start_serve(self.settings, fast_ingress=self.fast_ingress)
 
@@ -136,11 +154,15 @@ class LocalStack:
         env = {**os.environ, **settings_env(self.settings)}
         with open(self.improver_log, "ab") as out:
             self.improver = subprocess.Popen(
-                improver_command(self.improver_args), env=env, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT,
+                improver_command(self.improver_args),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 # Its own process group: the terminal's Ctrl-C reaches only us, and we
                 # stop it in order (it must not die before the app it feeds on).
-                start_new_session=True, preexec_fn=_die_with_parent_hook(),  # noqa: PLW1509
+                start_new_session=True,
+                preexec_fn=_die_with_parent_hook(),  # noqa: PLW1509
             )
         self.pids["improver"] = self.improver.pid
         self.say(f"improver started (pid {self.improver.pid}; log {self.improver_log})")
@@ -157,7 +179,9 @@ class LocalStack:
             try:
                 process.wait(IMPROVER_STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                log.warning("improver ignored SIGINT for %.0f s; killing it", IMPROVER_STOP_TIMEOUT_S)
+                log.warning(
+                    "improver ignored SIGINT for %.0f s; killing it", IMPROVER_STOP_TIMEOUT_S
+                )
                 process.kill()
                 process.wait()
         if self._serving:

@@ -11,7 +11,7 @@ import logging
 import signal
 import threading
 
-from protege.config import Settings
+from protege.settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -31,44 +31,85 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     d = DemoOptions()
     parser = subparsers.add_parser(
-        "demo", help="replay real traffic with simulated reviewers and watch specialists take over",
-        description=__doc__, formatter_class=_DefaultsUnlessNone,
+        "demo",
+        help="replay real traffic with simulated reviewers and watch specialists take over",
+        description=__doc__,
+        formatter_class=_DefaultsUnlessNone,
     )
 
     def per_task(name: str) -> str:
         """The default of a knob that differs by task, for --help."""
-        values = {task: getattr(DemoOptions.for_task(task), name)
-                  for task in ("youtube-spam", "banking77")}
-        return "; default " + ", ".join(f"{task} {'off' if value is None else value}"
-                                        for task, value in values.items())
+        values = {
+            task: getattr(DemoOptions.for_task(task), name)
+            for task in ("youtube-spam", "banking77")
+        }
+        return "; default " + ", ".join(
+            f"{task} {'off' if value is None else value}" for task, value in values.items()
+        )
 
-    parser.add_argument("--task", default=d.task, choices=["youtube-spam", "banking77"],
-                        help="the data set replayed (and the task it is sent to)")
+    parser.add_argument(
+        "--task",
+        default=d.task,
+        choices=["youtube-spam", "banking77"],
+        help="the data set replayed (and the task it is sent to)",
+    )
     parser.add_argument("--split", default=d.split, help="the data set's split replayed")
-    parser.add_argument("--seed", type=int, default=d.seed, help="shuffles the stream and the reviews")
-    parser.add_argument("--limit", type=int, default=d.limit,
-                        help="texts to replay (default: the rest of the split)")
-    parser.add_argument("--gold", type=int, default=None,
-                        help="texts set aside as the task owner's gold labels (the gate's exam "
-                        "is a fifth of them); 0: reviewers' labels only" + per_task("gold"))
-    parser.add_argument("--review-share", type=float, default=None,
-                        help="share of predictions that reviewers answer" + per_task("review_share"))
-    parser.add_argument("--error-rate", type=float, default=d.error_rate,
-                        help="share of reviews that are wrong")
+    parser.add_argument(
+        "--seed", type=int, default=d.seed, help="shuffles the stream and the reviews"
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=d.limit,
+        help="texts to replay (default: the rest of the split)",
+    )
+    parser.add_argument(
+        "--gold",
+        type=int,
+        default=None,
+        help="texts set aside as the task owner's gold labels (the gate's exam "
+        "is a fifth of them); 0: reviewers' labels only" + per_task("gold"),
+    )
+    parser.add_argument(
+        "--review-share",
+        type=float,
+        default=None,
+        help="share of predictions that reviewers answer" + per_task("review_share"),
+    )
+    parser.add_argument(
+        "--error-rate", type=float, default=d.error_rate, help="share of reviews that are wrong"
+    )
     parser.add_argument("--concurrency", type=int, default=d.concurrency, help="requests in flight")
-    parser.add_argument("--retrain-every", type=int, default=None,
-                        help="the improver trains after this many new feedback events"
-                        + per_task("retrain_every"))
-    parser.add_argument("--retrain-minutes", type=float, default=None,
-                        help="and also on this timer (minutes)" + per_task("retrain_minutes"))
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="the replay stops sending after this long" + per_task("max_minutes"))
-    parser.add_argument("--window", type=int, default=d.window,
-                        help="requests averaged by the running figures")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="run folder (default runs/demo-<task>-<UTC time>)")
-    parser.add_argument("--port", type=int, default=None,
-                        help="HTTP port (default PROTEGE_HTTP_PORT, or a free one when taken)")
+    parser.add_argument(
+        "--retrain-every",
+        type=int,
+        default=None,
+        help="the improver trains after this many new feedback events" + per_task("retrain_every"),
+    )
+    parser.add_argument(
+        "--retrain-minutes",
+        type=float,
+        default=None,
+        help="and also on this timer (minutes)" + per_task("retrain_minutes"),
+    )
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="the replay stops sending after this long" + per_task("max_minutes"),
+    )
+    parser.add_argument(
+        "--window", type=int, default=d.window, help="requests averaged by the running figures"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="run folder (default runs/demo-<task>-<UTC time>)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="HTTP port (default PROTEGE_HTTP_PORT, or a free one when taken)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -77,10 +118,20 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
     from protege.demo.options import DemoOptions
 
     options = DemoOptions.for_task(
-        args.task, split=args.split, seed=args.seed, limit=args.limit, gold=args.gold,
-        review_share=args.review_share, error_rate=args.error_rate, concurrency=args.concurrency,
-        retrain_every=args.retrain_every, retrain_minutes=args.retrain_minutes,
-        max_minutes=args.max_minutes, window=args.window, out=args.out, port=args.port,
+        args.task,
+        split=args.split,
+        seed=args.seed,
+        limit=args.limit,
+        gold=args.gold,
+        review_share=args.review_share,
+        error_rate=args.error_rate,
+        concurrency=args.concurrency,
+        retrain_every=args.retrain_every,
+        retrain_minutes=args.retrain_minutes,
+        max_minutes=args.max_minutes,
+        window=args.window,
+        out=args.out,
+        port=args.port,
     )
     if not 0 <= options.review_share <= 1 or not 0 <= options.error_rate <= 1:
         raise SystemExit("--review-share and --error-rate are fractions in [0, 1]")

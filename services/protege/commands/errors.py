@@ -25,12 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from protege.improver.analysis import error_cases, format_error_cases
-    from protege.improver.training_data import build_training_data
+    from protege.improver.labeling.analysis import error_cases, format_error_cases
+    from protege.improver.labeling.labeled import label_store
 
     _, task, store = open_task(args)
     try:
-        data = build_training_data(task, store, sources=sources_of(args))
+        data = label_store(task, store, sources=sources_of(args))
     finally:
         store.close()
     groups = error_cases(data, limit_per_label=None)

@@ -7,7 +7,9 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("fm-server", help="serve the transformers FM as an OpenAI-compatible API")
+    parser = subparsers.add_parser(
+        "fm-server", help="serve the transformers FM as an OpenAI-compatible API"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--model-name", default="smollm2", help="the `model` clients must ask for")
@@ -17,11 +19,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from protege.config import Settings
     from protege.foundation.server import build_fm_server
     from protege.foundation.transformers_backend import TransformersBackend
+    from protege.settings import Settings
 
     backend = TransformersBackend.from_settings(Settings())
-    print(f"OpenAI-compatible scoring at http://{args.host}:{args.port}/v1 (model {args.model_name!r})")
+    print(
+        f"OpenAI-compatible scoring at http://{args.host}:{args.port}/v1 (model {args.model_name!r})"
+    )
     uvicorn.run(build_fm_server(backend, args.model_name), host=args.host, port=args.port)
     return 0

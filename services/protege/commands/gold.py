@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle_import(args: argparse.Namespace) -> int:
-    from protege.improver.gold import import_gold_file
+    from protege.improver.data.gold import import_gold_file
 
     _, task, store = open_task(args)
     try:
@@ -38,7 +38,7 @@ def handle_import(args: argparse.Namespace) -> int:
 def handle_stats(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from protege.improver.gold import gold_examples
+    from protege.improver.data.gold import gold_examples
 
     _, task, store = open_task(args)
     try:

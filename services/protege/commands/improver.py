@@ -18,13 +18,23 @@ import threading
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "improver", help="Run the improver (events into the store, retrain, gate, promote).",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "improver",
+        help="Run the improver (events into the store, retrain, gate, promote).",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # `protege improver` alone is `protege improver run` (the Helm chart's command).
-    parser.set_defaults(handler=handle_run, store=None, group=None, batch_size=500,
-                        idle_exit=None, task=None, retrain_every=None, retrain_minutes=None,
-                        ingest_only=False)
+    parser.set_defaults(
+        handler=handle_run,
+        store=None,
+        group=None,
+        batch_size=500,
+        idle_exit=None,
+        task=None,
+        retrain_every=None,
+        retrain_minutes=None,
+        ingest_only=False,
+    )
     sub = parser.add_subparsers(dest="improver_command", required=False)
     run = sub.add_parser(
         "run", help="Ingest events and retrain on the triggers (the default command)."
@@ -41,14 +51,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="With --ingest-only: exit after S seconds without events (backfills, tests).",
     )
-    run.add_argument("--ingest-only", action="store_true",
-                     help="Consume events into the store only; never train.")
-    run.add_argument("--task", action="append", default=None,
-                     help="Train only this task (repeatable; default: every configured task).")
-    run.add_argument("--retrain-every", type=int, default=None, metavar="N",
-                     help="Override each task's retrain.every_feedback: N new feedback events.")
-    run.add_argument("--retrain-minutes", type=float, default=None, metavar="T",
-                     help="Override each task's retrain.every_minutes.")
+    run.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="Consume events into the store only; never train.",
+    )
+    run.add_argument(
+        "--task",
+        action="append",
+        default=None,
+        help="Train only this task (repeatable; default: every configured task).",
+    )
+    run.add_argument(
+        "--retrain-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Override each task's retrain.every_feedback: N new feedback events.",
+    )
+    run.add_argument(
+        "--retrain-minutes",
+        type=float,
+        default=None,
+        metavar="T",
+        help="Override each task's retrain.every_minutes.",
+    )
     run.set_defaults(handler=handle_run)
     one = sub.add_parser("round", help="Run one training round for TASK now and print it.")
     one.add_argument("task")
@@ -58,15 +85,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _group(args: argparse.Namespace) -> str:
-    from protege.improver.ingest import DEFAULT_GROUP_ID
+    from protege.improver.data.ingest import DEFAULT_GROUP_ID
 
     return args.group or os.environ.get("PROTEGE_IMPROVER_GROUP") or DEFAULT_GROUP_ID
 
 
 def handle_run(args: argparse.Namespace) -> int:
-    from protege.config import Settings
-    from protege.improver.ingest import Ingestor
-    from protege.improver.store import ExampleStore
+    from protege.improver.data.ingest import Ingestor
+    from protege.improver.data.store import ExampleStore
+    from protege.settings import Settings
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -75,9 +102,7 @@ def handle_run(args: argparse.Namespace) -> int:
     store = ExampleStore(args.store or settings.store_url)
     if not args.ingest_only:
         return _serve(args, settings, store)
-    ingestor = Ingestor(
-        store, settings, group_id=_group(args), max_records=args.batch_size
-    )
+    ingestor = Ingestor(store, settings, group_id=_group(args), max_records=args.batch_size)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -103,8 +128,10 @@ def _tasks(args: argparse.Namespace, settings) -> dict:
     if args.retrain_minutes is not None:
         update["every_minutes"] = args.retrain_minutes
     if update:
-        chosen = {n: t.model_copy(update={"retrain": t.retrain.model_copy(update=update)})
-                  for n, t in chosen.items()}
+        chosen = {
+            n: t.model_copy(update={"retrain": t.retrain.model_copy(update=update)})
+            for n, t in chosen.items()
+        }
     return chosen
 
 
@@ -115,25 +142,32 @@ def _serve(args: argparse.Namespace, settings, store) -> int:
     service = ImproverService(settings, _tasks(args, settings), store=store, group_id=_group(args))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: service._stop.set())
-    print(json.dumps({"started": True, "tasks": sorted(service.tasks),
-                      "store": store.url.split("@")[-1]}), flush=True)
+    print(
+        json.dumps(
+            {"started": True, "tasks": sorted(service.tasks), "store": store.url.split("@")[-1]}
+        ),
+        flush=True,
+    )
     try:
         service.start().wait()
     finally:
         service.stop()
         store.close()
-    print(json.dumps({"rounds": [r.to_dict() | {"metrics": None} for r in service.results]},
-                     default=str), flush=True)
+    print(
+        json.dumps(
+            {"rounds": [r.to_dict() | {"metrics": None} for r in service.results]}, default=str
+        ),
+        flush=True,
+    )
     return 0
 
 
 def handle_round(args: argparse.Namespace) -> int:
     """One round now, in this process; exit 0 whether promoted or rejected, 1 otherwise."""
-    from protege.config import Settings
-    from protege.improver.cycle import run_cycle
-    from protege.improver.store import ExampleStore
-    from protege.improver.trainer import TrainingInProgress
+    from protege.improver.data.store import ExampleStore
+    from protege.improver.loop import TrainingInProgress, run_round
     from protege.registry import Registry
+    from protege.settings import Settings
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -152,8 +186,15 @@ def handle_round(args: argparse.Namespace) -> int:
         producer = EventProducer(settings).start()
         publish = producer.publish
     try:
-        result = run_cycle(tasks[args.task], store, Registry.from_settings(settings), settings,
-                           trigger="cli", publish=publish, progress=True)
+        report = run_round(
+            tasks[args.task],
+            store,
+            Registry.from_settings(settings),
+            settings,
+            trigger="cli",
+            publish=publish,
+            progress=True,
+        )
     except TrainingInProgress as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -161,7 +202,7 @@ def handle_round(args: argparse.Namespace) -> int:
         if producer is not None:
             producer.close(timeout=10)
         store.close()
-    if result.round is not None:
-        print(result.round.table())
-    print(json.dumps(result.to_dict(), indent=2, default=str))
-    return 0 if result.outcome in ("promoted", "rejected") else 1
+    if report.judgement is not None:
+        print(report.judgement.table())
+    print(json.dumps(report.to_dict(), indent=2, default=str))
+    return 0 if report.outcome in ("promoted", "rejected") else 1

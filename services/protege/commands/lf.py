@@ -27,12 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle_report(args: argparse.Namespace) -> int:
-    from protege.improver.analysis import format_lf_report, lf_report, save_lf_report
-    from protege.improver.training_data import build_training_data
+    from protege.improver.labeling.analysis import format_lf_report, lf_report, save_lf_report
+    from protege.improver.labeling.labeled import label_store
 
     _, task, store = open_task(args)
     try:
-        data = build_training_data(task, store, sources=sources_of(args))
+        data = label_store(task, store, sources=sources_of(args))
         report = save_lf_report(store, data) if args.save else lf_report(data)
     finally:
         store.close()

@@ -13,8 +13,9 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
 
 def open_task(args: argparse.Namespace):
     """(settings, task spec, store) for a command's arguments; an unknown task is an error."""
-    from protege.config import Settings, load_tasks
-    from protege.improver.store import ExampleStore
+    from protege.improver.data.store import ExampleStore
+    from protege.settings import Settings
+    from protege.taskspec import load_tasks
 
     settings = Settings()
     tasks = load_tasks(args.tasks_file or settings.tasks_file)
@@ -32,7 +33,7 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sources_of(args: argparse.Namespace) -> tuple[str, ...]:
-    from protege.improver.sources import SOURCES
+    from protege.improver.labeling.functions import SOURCES
 
     if not args.sources:
         return SOURCES

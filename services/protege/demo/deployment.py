@@ -13,8 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from protege.config import Settings, load_tasks
 from protege.demo.options import DemoOptions
+from protege.settings import Settings
+from protege.taskspec import load_tasks
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -35,8 +36,11 @@ def demo_settings(options: DemoOptions, folder: Path) -> tuple[Settings, dict[st
     if options.port is None and not port_is_free(base.http_host, port):
         port = free_port(base.http_host)
     # Built anew, not model_copy'd: the store, registry and spool paths derive from home.
-    overrides: dict = {"home": folder / "home", "http_port": port,
-                       "tasks_file": write_tasks_file(base.tasks_file, options, folder)}
+    overrides: dict = {
+        "home": folder / "home",
+        "http_port": port,
+        "tasks_file": write_tasks_file(base.tasks_file, options, folder),
+    }
     headers: dict[str, str] = {}
     if not base.auth_disabled:
         key = f"demo-{secrets.token_urlsafe(16)}"
@@ -58,18 +62,22 @@ def write_tasks_file(source: Path, options: DemoOptions, folder: Path) -> Path:
     retrain["fm_calibration_min"] = options.fm_calibration_min
     path = folder / "tasks.yaml"
     folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# {source} with the demo's round budgets for {options.task}.\n"
-                    + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    path.write_text(
+        f"# {source} with the demo's round budgets for {options.task}.\n"
+        + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True),
+        encoding="utf-8",
+    )
     load_tasks(path)  # a bad value fails here, not in the app or the improver
     return path
 
 
-def import_gold(settings: Settings, task: str, pairs: Sequence[tuple[str, str]],
-                folder: Path) -> dict:
+def import_gold(
+    settings: Settings, task: str, pairs: Sequence[tuple[str, str]], folder: Path
+) -> dict:
     """Write `pairs` as the owner's gold file and import it into the run's store, as
     `protege gold import` does; returns the counts per split."""
-    from protege.improver.gold import import_gold_file
-    from protege.improver.store import ExampleStore
+    from protege.improver.data.gold import import_gold_file
+    from protege.improver.data.store import ExampleStore
 
     path = folder / "gold.csv"
     with open(path, "w", newline="", encoding="utf-8") as fh:

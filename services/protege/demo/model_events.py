@@ -12,9 +12,9 @@ import logging
 import threading
 import uuid
 
-from protege.config import Settings
 from protege.demo.record import Decision, RunRecord
 from protege.schemas import ModelEvent
+from protege.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,10 @@ def decision_of(event: ModelEvent, origin: float) -> Decision:
     """A ModelEvent as a Decision timed from `origin` (wall-clock seconds)."""
     accuracy = event.metrics.get("accuracy")
     return Decision(
-        t=max(0.0, event.timestamp - origin), action=event.action.value,
-        model=event.model.model, version=event.model.version,
+        t=max(0.0, event.timestamp - origin),
+        action=event.action.value,
+        model=event.model.model,
+        version=event.model.version,
         accuracy=float(accuracy) if isinstance(accuracy, (int, float)) else None,
         reasons=tuple(event.reasons),
     )
@@ -52,8 +54,11 @@ class ModelEventReader:
         from protege.events.consumer import EventConsumer
 
         try:
-            consumer = EventConsumer(self.settings, group_id=f"protege-demo-{uuid.uuid4().hex[:8]}",
-                                     topics=[self.settings.kafka_topic_models])
+            consumer = EventConsumer(
+                self.settings,
+                group_id=f"protege-demo-{uuid.uuid4().hex[:8]}",
+                topics=[self.settings.kafka_topic_models],
+            )
         except Exception:
             log.exception("cannot read model events")
             return

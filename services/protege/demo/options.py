@@ -14,8 +14,14 @@ from pathlib import Path
 # 77-way specialist is rarely 60 % sure (the task's threshold), and escalating to an FM
 # that gets ~3 % right would only keep the slow path busy.
 TASK_PRESETS: dict[str, dict[str, object]] = {
-    "banking77": {"gold": 1000, "review_share": 0.5, "retrain_every": 20,
-                  "retrain_minutes": 3.0, "fm_eval_max": 8, "max_minutes": 9.0},
+    "banking77": {
+        "gold": 1000,
+        "review_share": 0.5,
+        "retrain_every": 20,
+        "retrain_minutes": 3.0,
+        "fm_eval_max": 8,
+        "max_minutes": 9.0,
+    },
 }
 
 

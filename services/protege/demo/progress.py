@@ -31,8 +31,10 @@ def render(record: RunRecord, *, elapsed: float, planned: int, stage: str) -> Re
     """One frame: a table of the figures and the latest decisions."""
     totals = record.totals()
     outcomes, decisions = record.snapshot()
-    serving = next((f"{o.model} v{o.version}" for o in reversed(outcomes)
-                    if o.route == "specialist"), "the foundation model alone")
+    serving = next(
+        (f"{o.model} v{o.version}" for o in reversed(outcomes) if o.route == "specialist"),
+        "the foundation model alone",
+    )
     window = totals["recent_window"]
 
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
@@ -40,23 +42,31 @@ def render(record: RunRecord, *, elapsed: float, planned: int, stage: str) -> Re
     table.add_column("whole run", justify="right")
     table.add_column(f"last {window}", justify="right")
     table.add_row("requests", f"{totals['requests']} / {planned}", "")
-    table.add_row("answered by the FM", percent(totals["fm_share"]),
-                  percent(totals["recent_fm_share"]))
-    table.add_row("answered by the specialist",
-                  percent(None if totals["fm_share"] is None else 1 - totals["fm_share"]),
-                  percent(None if totals["recent_fm_share"] is None
-                          else 1 - totals["recent_fm_share"]))
-    table.add_row("accuracy vs gold", percent(totals["accuracy"]), percent(totals["recent_accuracy"]))
+    table.add_row(
+        "answered by the FM", percent(totals["fm_share"]), percent(totals["recent_fm_share"])
+    )
+    table.add_row(
+        "answered by the specialist",
+        percent(None if totals["fm_share"] is None else 1 - totals["fm_share"]),
+        percent(None if totals["recent_fm_share"] is None else 1 - totals["recent_fm_share"]),
+    )
+    table.add_row(
+        "accuracy vs gold", percent(totals["accuracy"]), percent(totals["recent_accuracy"])
+    )
     table.add_row("feedback sent", f"{totals['feedback']} ({totals['feedback_down']} down)", "")
     table.add_row("training runs", str(totals["training_runs"]), "")
-    table.add_row("gate: promoted / rejected",
-                  f"{totals['promotions']} / {totals['rejections']}", "")
+    table.add_row(
+        "gate: promoted / rejected", f"{totals['promotions']} / {totals['rejections']}", ""
+    )
     if totals["errors"]:
         table.add_row("errors", Text(str(totals["errors"]), style="red"), "")
 
     header = Text.assemble(
-        ("Protégé demo ", "bold"), (record.task, "bold cyan"),
-        f"   {minutes(elapsed)}   {stage}\n", ("serving: ", "dim"), serving,
+        ("Protégé demo ", "bold"),
+        (record.task, "bold cyan"),
+        f"   {minutes(elapsed)}   {stage}\n",
+        ("serving: ", "dim"),
+        serving,
     )
     lines = [header, table]
     if decisions:
@@ -64,30 +74,41 @@ def render(record: RunRecord, *, elapsed: float, planned: int, stage: str) -> Re
         for d in decisions[-5:]:
             accuracy = "" if d.accuracy is None else f" gold accuracy {percent(d.accuracy)}"
             reason = f" — {d.reasons[0]}" if d.reasons else ""
-            lines.append(Text.assemble(
-                f"  {minutes(d.t)} ", (f"{d.action.replace('_', ' ')}", ACTION_STYLE.get(d.action, "")),
-                f" {d.model} v{d.version}{accuracy}", (reason[:110], "dim"),
-            ))
+            lines.append(
+                Text.assemble(
+                    f"  {minutes(d.t)} ",
+                    (f"{d.action.replace('_', ' ')}", ACTION_STYLE.get(d.action, "")),
+                    f" {d.model} v{d.version}{accuracy}",
+                    (reason[:110], "dim"),
+                )
+            )
     return Group(*lines)
 
 
 def status_line(record: RunRecord, *, elapsed: float, planned: int, stage: str) -> str:
     """The same figures on one line, for logs and terminals that cannot redraw."""
     t = record.totals()
-    return (f"{minutes(elapsed)} {stage}: {t['requests']}/{planned} requests, "
-            f"FM answered {percent(t['recent_fm_share'])} and accuracy "
-            f"{percent(t['recent_accuracy'])} of the last {t['recent_window']}; "
-            f"feedback {t['feedback']}; training runs {t['training_runs']} "
-            f"(promoted {t['promotions']}, rejected {t['rejections']})")
+    return (
+        f"{minutes(elapsed)} {stage}: {t['requests']}/{planned} requests, "
+        f"FM answered {percent(t['recent_fm_share'])} and accuracy "
+        f"{percent(t['recent_accuracy'])} of the last {t['recent_window']}; "
+        f"feedback {t['feedback']}; training runs {t['training_runs']} "
+        f"(promoted {t['promotions']}, rejected {t['rejections']})"
+    )
 
 
 class LiveProgress:
     """Redraws `frame()` a couple of times a second while in a `with` block; where the
     output is not a terminal (CI, a pipe), prints `line()` every `line_every_s` instead."""
 
-    def __init__(self, frame: Callable[[], RenderableType], line: Callable[[], str],
-                 console: Console | None = None, refresh_per_second: float = 2.0,
-                 line_every_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        frame: Callable[[], RenderableType],
+        line: Callable[[], str],
+        console: Console | None = None,
+        refresh_per_second: float = 2.0,
+        line_every_s: float = 30.0,
+    ) -> None:
         self.console = console or Console()
         self.line = line
         self.line_every_s = line_every_s
@@ -95,8 +116,12 @@ class LiveProgress:
         self._thread: threading.Thread | None = None
         self._live = None
         if self.console.is_terminal:
-            self._live = Live(get_renderable=frame, console=self.console,
-                              refresh_per_second=refresh_per_second, transient=False)
+            self._live = Live(
+                get_renderable=frame,
+                console=self.console,
+                refresh_per_second=refresh_per_second,
+                transient=False,
+            )
 
     def _print_lines(self) -> None:
         while not self._stop.wait(self.line_every_s):

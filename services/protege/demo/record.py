@@ -123,9 +123,7 @@ class RunRecord:
             "rejections": actions["rejected"],
             "rollbacks": actions["rolled_back"],
             "errors": sum(self.errors.values()),
-            "first_promotion_s": next(
-                (d.t for d in decisions if d.action == "promoted"), None
-            ),
+            "first_promotion_s": next((d.t for d in decisions if d.action == "promoted"), None),
         }
 
     def series(self, window: int = 100) -> dict[str, np.ndarray]:
@@ -139,8 +137,9 @@ class RunRecord:
     def phases(self) -> list[Phase]:
         """One row per champion: day 0 (the FM alone), then after each promotion or rollback."""
         outcomes, decisions = self.snapshot()
-        changes = sorted((d for d in decisions if d.action in ("promoted", "rolled_back")),
-                         key=lambda d: d.t)
+        changes = sorted(
+            (d for d in decisions if d.action in ("promoted", "rolled_back")), key=lambda d: d.t
+        )
         bounds = [(0.0, "day 0 (no specialist)")] + [
             (d.t, f"{d.model} v{d.version} {d.action.replace('_', ' ')}") for d in changes
         ]
@@ -151,12 +150,17 @@ class RunRecord:
             end = min(until, max(end_of_run, start))
             inside = [o for o in outcomes if start <= o.t < until]
             latencies = [o.latency_ms for o in inside]
-            rows.append(Phase(
-                name=name, start=start, end=end, requests=len(inside),
-                accuracy=_mean([o.correct for o in inside]),
-                fm_share=_mean([o.by_fm for o in inside]),
-                p50_latency_ms=float(np.median(latencies)) if latencies else None,
-            ))
+            rows.append(
+                Phase(
+                    name=name,
+                    start=start,
+                    end=end,
+                    requests=len(inside),
+                    accuracy=_mean([o.correct for o in inside]),
+                    fm_share=_mean([o.by_fm for o in inside]),
+                    p50_latency_ms=float(np.median(latencies)) if latencies else None,
+                )
+            )
         return rows
 
     def to_dict(self) -> dict:
@@ -180,7 +184,10 @@ def _rolling(values: np.ndarray, window: int) -> np.ndarray:
     if values.size == 0:
         return values
     sums = np.cumsum(values)
-    lagged = np.concatenate([np.zeros(window), sums[:-window]])[: values.size] if window < values.size \
+    lagged = (
+        np.concatenate([np.zeros(window), sums[:-window]])[: values.size]
+        if window < values.size
         else np.zeros(values.size)
+    )
     counts = np.minimum(np.arange(1, values.size + 1), window)
     return (sums - lagged) / counts

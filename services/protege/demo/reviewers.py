@@ -45,8 +45,14 @@ class ReviewerPool:
     names: the reviewers' names, in turn.
     """
 
-    def __init__(self, labels: Sequence[str], share: float, error_rate: float, seed: int = 0,
-                 names: Sequence[str] = DEFAULT_NAMES) -> None:
+    def __init__(
+        self,
+        labels: Sequence[str],
+        share: float,
+        error_rate: float,
+        seed: int = 0,
+        names: Sequence[str] = DEFAULT_NAMES,
+    ) -> None:
         if not 0.0 <= share <= 1.0 or not 0.0 <= error_rate <= 1.0:
             raise ValueError(f"share {share} and error_rate {error_rate} must be in [0, 1]")
         if len(labels) < 2 or not names:

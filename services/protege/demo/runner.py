@@ -21,8 +21,7 @@ from protege.demo.options import DemoOptions
 from protege.demo.record import RunRecord
 from protege.demo.reviewers import ReviewerPool
 from protege.demo.traffic import Replay, stream
-from protege.commands.up import curl_examples
-from protege.stack import LocalStack, stop_on_sigterm
+from protege.stack import LocalStack, curl_examples, stop_on_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +69,30 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
     settings, headers = demo_settings(options, folder)
     task = settings.load_tasks()[options.task]
     items = stream(options.task, options.split, options.seed)
-    gold, items = items[: options.gold], items[options.gold:][: options.limit]
-    reviewers = ReviewerPool(task.label_names, options.review_share, options.error_rate,
-                             seed=options.seed)
+    gold, items = items[: options.gold], items[options.gold :][: options.limit]
+    reviewers = ReviewerPool(
+        task.label_names, options.review_share, options.error_rate, seed=options.seed
+    )
     record = RunRecord(options.task)
-    console.print(f"[bold]Protégé demo[/]: {len(items)} {options.task} texts ({options.split} split, "
-                  f"seed {options.seed}) from {options.concurrency} clients; reviewers answer "
-                  f"{100 * options.review_share:.0f} % of the predictions, "
-                  f"{100 * options.error_rate:.0f} % of them wrongly; the improver retrains every "
-                  f"{options.retrain_every} feedback events.\nrun folder: {folder}")
+    console.print(
+        f"[bold]Protégé demo[/]: {len(items)} {options.task} texts ({options.split} split, "
+        f"seed {options.seed}) from {options.concurrency} clients; reviewers answer "
+        f"{100 * options.review_share:.0f} % of the predictions, "
+        f"{100 * options.error_rate:.0f} % of them wrongly; the improver retrains every "
+        f"{options.retrain_every} feedback events.\nrun folder: {folder}"
+    )
     if gold:
         counts = import_gold(settings, options.task, gold, folder)
-        console.print(f"[dim]the task owner's gold: {counts['imported']} labeled texts "
-                      f"({counts['holdout']} held out as the gate's exam), never replayed[/]")
-    stack = LocalStack(settings, improver_args=improver_args(options), log_dir=folder / "logs",
-                       say=lambda line: console.print(f"[dim]{line}[/]"))
+        console.print(
+            f"[dim]the task owner's gold: {counts['imported']} labeled texts "
+            f"({counts['holdout']} held out as the gate's exam), never replayed[/]"
+        )
+    stack = LocalStack(
+        settings,
+        improver_args=improver_args(options),
+        log_dir=folder / "logs",
+        say=lambda line: console.print(f"[dim]{line}[/]"),
+    )
     reader = None
     started = time.monotonic()
     interrupted = False
@@ -94,23 +102,41 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
         stack.start()
         url = stack.url
         console.print(f"[dim]gateway at {stack.url}; replaying…[/]")
-        console.print("Try it while the demo runs:\n" + curl_examples(stack.url, stack.settings.auth_disabled),
-                      markup=False, highlight=False, soft_wrap=True)
+        console.print(
+            "Try it while the demo runs:\n"
+            + curl_examples(stack.url, stack.settings.auth_disabled),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         record.started_at = time.time()
         reader = ModelEventReader(stack.settings, options.task, record).start()
-        replay = Replay(stack.url, options.task, items, reviewers, record,
-                        concurrency=options.concurrency, headers=headers,
-                        deadline_s=60 * options.max_minutes)
+        replay = Replay(
+            stack.url,
+            options.task,
+            items,
+            reviewers,
+            record,
+            concurrency=options.concurrency,
+            headers=headers,
+            deadline_s=60 * options.max_minutes,
+        )
         stage = "replaying"
 
         def now() -> dict:
             code = stack.improver_exit_code()
             note = "" if code is None else f" (the improver exited with {code}: see its log)"
-            return {"elapsed": time.time() - record.started_at, "planned": len(items),
-                    "stage": stage + note}
+            return {
+                "elapsed": time.time() - record.started_at,
+                "planned": len(items),
+                "stage": stage + note,
+            }
 
-        with progress.LiveProgress(lambda: progress.render(record, **now()),
-                                   lambda: progress.status_line(record, **now()), console=console):
+        with progress.LiveProgress(
+            lambda: progress.render(record, **now()),
+            lambda: progress.status_line(record, **now()),
+            console=console,
+        ):
             asyncio.run(replay.run())
         stage = "done" if not replay.stopped_early else "stopped at the time limit"
     except KeyboardInterrupt:
@@ -124,13 +150,22 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
     chart_path = summary_path = None
     if record.outcomes:
         chart_path = chart.write_chart(record, folder / "chart.png", window=options.window)
-        summary_path = summary.write(record, folder, wall_s, extra={
-            "options": {k: str(v) for k, v in options.__dict__.items()},
-            "interrupted": interrupted, "url": url, "processes": stack.pids,
-            "gold_imported": len(gold),
-        })
+        summary_path = summary.write(
+            record,
+            folder,
+            wall_s,
+            extra={
+                "options": {k: str(v) for k, v in options.__dict__.items()},
+                "interrupted": interrupted,
+                "url": url,
+                "processes": stack.pids,
+                "gold_imported": len(gold),
+            },
+        )
         console.print(summary.render(record, wall_s))
-    console.print(f"\nrun folder: [bold]{folder}[/]"
-                  + (f"\nchart: {chart_path}" if chart_path else "")
-                  + f"\nlogs: {folder / 'logs'}")
+    console.print(
+        f"\nrun folder: [bold]{folder}[/]"
+        + (f"\nchart: {chart_path}" if chart_path else "")
+        + f"\nlogs: {folder / 'logs'}"
+    )
     return DemoResult(folder, record, chart_path, summary_path, wall_s, interrupted)

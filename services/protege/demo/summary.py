@@ -28,20 +28,31 @@ def phase_table(record: RunRecord) -> Table:
     table.add_column("p50 latency", justify="right")
     for phase in record.phases():
         latency = "—" if phase.p50_latency_ms is None else f"{phase.p50_latency_ms:.0f} ms"
-        table.add_row(phase.name, minutes(phase.start), str(phase.requests),
-                      percent(phase.accuracy), percent(phase.fm_share), latency)
+        table.add_row(
+            phase.name,
+            minutes(phase.start),
+            str(phase.requests),
+            percent(phase.accuracy),
+            percent(phase.fm_share),
+            latency,
+        )
     return table
 
 
 def totals_text(record: RunRecord, wall_s: float) -> Text:
     t = record.totals()
     lines = [
-        (f"run time {minutes(wall_s)} (start-up included); requests {t['requests']}; "
-        f"feedback {t['feedback']} ({t['feedback_down']} thumbs-down)"),
+        (
+            f"run time {minutes(wall_s)} (start-up included); requests {t['requests']}; "
+            f"feedback {t['feedback']} ({t['feedback_down']} thumbs-down)"
+        ),
         f"training runs {t['training_runs']}: promoted {t['promotions']}, rejected {t['rejections']}"
         + (f", rolled back {t['rollbacks']}" if t["rollbacks"] else "")
-        + ("" if t["first_promotion_s"] is None
-           else f"; first promotion {minutes(t['first_promotion_s'])} into the replay"),
+        + (
+            ""
+            if t["first_promotion_s"] is None
+            else f"; first promotion {minutes(t['first_promotion_s'])} into the replay"
+        ),
     ]
     if t["errors"]:
         lines.append(f"errors: {dict(record.errors)}")
@@ -52,8 +63,9 @@ def decisions_text(record: RunRecord) -> Text:
     lines = []
     for d in record.snapshot()[1]:
         accuracy = "" if d.accuracy is None else f", gold accuracy {percent(d.accuracy)}"
-        lines.append(f"  {minutes(d.t)} {d.action} {d.model} v{d.version}{accuracy}: "
-                     + "; ".join(d.reasons))
+        lines.append(
+            f"  {minutes(d.t)} {d.action} {d.model} v{d.version}{accuracy}: " + "; ".join(d.reasons)
+        )
     return Text("improver decisions:\n" + "\n".join(lines) if lines else "no improver decisions")
 
 

@@ -26,8 +26,9 @@ from protege.demo.reviewers import ReviewerPool
 REQUEST_TIMEOUT_S = 120.0
 
 
-def stream(task: str, split: str = "train", seed: int = 0,
-           limit: int | None = None) -> list[tuple[str, str]]:
+def stream(
+    task: str, split: str = "train", seed: int = 0, limit: int | None = None
+) -> list[tuple[str, str]]:
     """(text, gold label) pairs of a shipped data set, shuffled with `seed`."""
     data = datasets.load(task, split)
     order = np.random.default_rng(seed).permutation(len(data))
@@ -52,11 +53,20 @@ class Replay:
     transport: an httpx transport to use instead of the network (tests).
     """
 
-    def __init__(self, url: str, task: str, items: Sequence[tuple[str, str]],
-                 reviewers: ReviewerPool, record: RunRecord, *, concurrency: int = 4,
-                 headers: dict[str, str] | None = None, deadline_s: float | None = None,
-                 clock: Callable[[], float] = time.time,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        task: str,
+        items: Sequence[tuple[str, str]],
+        reviewers: ReviewerPool,
+        record: RunRecord,
+        *,
+        concurrency: int = 4,
+        headers: dict[str, str] | None = None,
+        deadline_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.task = task
         self.items = list(items)
@@ -78,8 +88,13 @@ class Replay:
         for item in self.items:
             queue.put_nowait(item)
         limits = httpx.Limits(max_connections=self.concurrency * 2)
-        async with httpx.AsyncClient(base_url=self.url, headers=self.headers, limits=limits,
-                                     timeout=REQUEST_TIMEOUT_S, transport=self.transport) as client:
+        async with httpx.AsyncClient(
+            base_url=self.url,
+            headers=self.headers,
+            limits=limits,
+            timeout=REQUEST_TIMEOUT_S,
+            transport=self.transport,
+        ) as client:
             await asyncio.gather(*(self._worker(client, queue) for _ in range(self.concurrency)))
 
     async def _worker(self, client: httpx.AsyncClient, queue: asyncio.Queue) -> None:
@@ -103,12 +118,17 @@ class Replay:
             return
         prediction = response.json()["predictions"][0]
         review = self.reviewers.review(prediction["label"], gold)
-        self.record.add_outcome(Outcome(
-            t=self.elapsed(), route=prediction["route"],
-            model=prediction["served_by"]["model"], version=str(prediction["served_by"]["version"]),
-            correct=prediction["label"] == gold, latency_ms=float(prediction["latency_ms"]),
-            reviewed=review is not None,
-        ))
+        self.record.add_outcome(
+            Outcome(
+                t=self.elapsed(),
+                route=prediction["route"],
+                model=prediction["served_by"]["model"],
+                version=str(prediction["served_by"]["version"]),
+                correct=prediction["label"] == gold,
+                latency_ms=float(prediction["latency_ms"]),
+                reviewed=review is not None,
+            )
+        )
         if review is None:
             return
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protege.config import Settings
+from protege.settings import Settings
 
 
 class EventLogNotConfigured(ValueError):

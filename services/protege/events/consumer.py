@@ -25,12 +25,17 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from pydantic import ValidationError
 
-from protege.config import Settings
 from protege.events.client import client_config
 from protege.events.topics import ensure_topics, topic_names
 from protege.schemas import (
-    EVENT_SCHEMA_VERSION, Event, FeedbackEvent, ModelEvent, PredictionEvent, RetrainRequest,
+    EVENT_SCHEMA_VERSION,
+    Event,
+    FeedbackEvent,
+    ModelEvent,
+    PredictionEvent,
+    RetrainRequest,
 )
+from protege.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +105,9 @@ class EventConsumer:
     ) -> None:
         self.settings = settings
         self.group_id = group_id
-        self.topics = list(dict.fromkeys(topics if topics is not None else topic_names(settings).values()))
+        self.topics = list(
+            dict.fromkeys(topics if topics is not None else topic_names(settings).values())
+        )
         session_ms = settings.kafka_session_timeout_ms
         config = {
             **client_config(settings),

@@ -40,11 +40,11 @@ from kafka.errors import (
 )
 from kafka.future import Future
 
-from protege.config import Settings
 from protege.events.client import bootstrap_addresses, client_config
 from protege.events.spool import Spool, SpoolBusy
 from protege.events.topics import ensure_topics, topic_names
 from protege.schemas import Event
+from protege.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from protege.config import Settings
 from protege.events.client import client_config
+from protege.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,9 @@ from typing import Protocol
 
 import numpy as np
 
-from protege.config import Settings, TaskSpec
 from protege.schemas import ModelRef
+from protege.settings import Settings
+from protege.taskspec import TaskSpec
 
 
 class FoundationBackend(Protocol):

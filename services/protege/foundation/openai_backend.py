@@ -8,16 +8,19 @@ from __future__ import annotations
 import httpx
 import numpy as np
 
-from protege.config import PromptSpec, Settings, TaskSpec
 from protege.foundation.prompts import continuations, scored_sequences
 from protege.foundation.scoring import label_probabilities
 from protege.schemas import ModelRef
+from protege.settings import Settings
+from protege.taskspec import PromptSpec, TaskSpec
 
 
 class OpenAIBackend:
     def __init__(self, base_url: str, model: str, api_key: str | None, timeout_s: float = 60.0):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
+        self.client = httpx.Client(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s
+        )
         self.model = model
         self.ref = ModelRef(model=model, version="openai")
 
@@ -28,7 +31,9 @@ class OpenAIBackend:
                 "the openai backend needs PROTEGE_OPENAI_BASE_URL and PROTEGE_FM_MODEL"
             )
         return cls(
-            settings.openai_base_url, settings.fm_model, settings.openai_api_key,
+            settings.openai_base_url,
+            settings.fm_model,
+            settings.openai_api_key,
             settings.openai_timeout_s,
         )
 
@@ -41,14 +46,20 @@ class OpenAIBackend:
         response = self.client.post(
             "/completions",
             json={
-                "model": self.model, "prompt": sequences, "max_tokens": 0,
-                "echo": True, "logprobs": 0, "temperature": 0.0,
+                "model": self.model,
+                "prompt": sequences,
+                "max_tokens": 0,
+                "echo": True,
+                "logprobs": 0,
+                "temperature": 0.0,
             },
         )
         response.raise_for_status()
         choices = sorted(response.json()["choices"], key=lambda c: c["index"])
         if len(choices) != len(sequences):
-            raise RuntimeError(f"endpoint returned {len(choices)} choices for {len(sequences)} prompts")
+            raise RuntimeError(
+                f"endpoint returned {len(choices)} choices for {len(sequences)} prompts"
+            )
         loglik = np.zeros((len(texts), len(conts)), dtype=np.float32)
         counts = np.zeros((len(texts), len(conts)), dtype=np.float32)
         for k, choice in enumerate(choices):
@@ -57,7 +68,8 @@ class OpenAIBackend:
             boundary = len(prefixes[i])
             # Tokens that start at or after the prompt's end belong to the label.
             label_lp = [
-                lp for lp, offset in zip(logprobs["token_logprobs"], logprobs["text_offset"])
+                lp
+                for lp, offset in zip(logprobs["token_logprobs"], logprobs["text_offset"])
                 if offset >= boundary and lp is not None
             ]
             loglik[i, j] = sum(label_lp)

@@ -3,7 +3,7 @@ ask the same question and score the same continuations."""
 
 from __future__ import annotations
 
-from protege.config import PromptSpec, TaskSpec
+from protege.taskspec import PromptSpec, TaskSpec
 
 
 def _labels_block(task: TaskSpec, prompt: PromptSpec) -> str:

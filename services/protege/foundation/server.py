@@ -29,7 +29,10 @@ def build_fm_server(backend: TransformersBackend, model_name: str) -> FastAPI:
 
     @app.get("/v1/models")
     def models() -> dict:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "protege"}]}
+        return {
+            "object": "list",
+            "data": [{"id": model_name, "object": "model", "owned_by": "protege"}],
+        }
 
     @app.post("/v1/completions")
     def completions(request: CompletionRequest) -> dict:
@@ -42,16 +45,25 @@ def build_fm_server(backend: TransformersBackend, model_name: str) -> FastAPI:
         for index, prompt in enumerate(prompts):
             tokens, values, offsets = backend.token_logprobs(prompt)
             logprobs = (
-                {"tokens": tokens, "token_logprobs": values, "text_offset": offsets, "top_logprobs": None}
-                if request.logprobs is not None else None
+                {
+                    "tokens": tokens,
+                    "token_logprobs": values,
+                    "text_offset": offsets,
+                    "top_logprobs": None,
+                }
+                if request.logprobs is not None
+                else None
             )
             choices.append(
                 {"index": index, "text": prompt, "logprobs": logprobs, "finish_reason": "length"}
             )
         n_tokens = sum(len(c["logprobs"]["tokens"]) for c in choices if c["logprobs"])
         return {
-            "id": f"cmpl-{time.time_ns()}", "object": "text_completion", "created": int(time.time()),
-            "model": model_name, "choices": choices,
+            "id": f"cmpl-{time.time_ns()}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model_name,
+            "choices": choices,
             "usage": {"prompt_tokens": n_tokens, "completion_tokens": 0, "total_tokens": n_tokens},
         }
 

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protege.config import PromptSpec, Settings, TaskSpec
 from protege.foundation.prompts import continuations, render_prompt
 from protege.foundation.scoring import label_probabilities
 from protege.foundation.smollm import MODEL_NAME, converted_model_folder
 from protege.schemas import ModelRef
+from protege.settings import Settings
+from protege.taskspec import PromptSpec, TaskSpec
 
 # KV-cache rows x tokens held at once while scoring labels (~46 KB per token-row
 # for SmolLM2-135M): bounds memory for 77 labels x long prompts to ~0.5 GB.
@@ -30,7 +31,9 @@ class TransformersBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(model_folder)
         self.model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32)
         self.model.eval()
-        self.ref = ModelRef(model=name, version=getattr(self.model.config, "_commit_hash", None) or "local")
+        self.ref = ModelRef(
+            model=name, version=getattr(self.model.config, "_commit_hash", None) or "local"
+        )
         self.max_batch = max_batch
         self._label_tokens: dict[tuple[str, ...], list[list[int]]] = {}
         self._lock = threading.Lock()  # one forward pass at a time per process
@@ -40,7 +43,11 @@ class TransformersBackend:
     def from_settings(cls, settings: Settings) -> TransformersBackend:
         if settings.fm_threads:
             torch.set_num_threads(settings.fm_threads)
-        folder = Path(settings.fm_model) if settings.fm_model else converted_model_folder(settings.cache_dir)
+        folder = (
+            Path(settings.fm_model)
+            if settings.fm_model
+            else converted_model_folder(settings.cache_dir)
+        )
         name = folder.name if settings.fm_model else MODEL_NAME
         return cls(folder, name=name, max_batch=settings.fm_max_batch)
 
@@ -60,7 +67,9 @@ class TransformersBackend:
         counts = np.array([len(ids) for ids in label_ids], dtype=np.float32)
         rows = []
         for start in range(0, len(texts), self.max_batch):
-            prefixes = [render_prompt(task, t, prompt) for t in texts[start : start + self.max_batch]]
+            prefixes = [
+                render_prompt(task, t, prompt) for t in texts[start : start + self.max_batch]
+            ]
             with self._lock:
                 rows.append(self.label_loglik(prefixes, label_ids))
         loglik = np.concatenate(rows) if rows else np.zeros((0, len(label_ids)), np.float32)
@@ -118,8 +127,11 @@ class TransformersBackend:
         start = prefix_mask.sum(-1).repeat_interleave(n_labels).unsqueeze(1)
         label_pos = start + torch.arange(labels.shape[1]).unsqueeze(0)
         logits = self.model(
-            input_ids=inputs, attention_mask=mask, position_ids=label_pos,
-            use_cache=False, **{_CACHE_KWARG: cache},
+            input_ids=inputs,
+            attention_mask=mask,
+            position_ids=label_pos,
+            use_cache=False,
+            **{_CACHE_KWARG: cache},
         ).logits
         logp = torch.log_softmax(logits[:, :-1, :].float(), dim=-1)  # predicts tokens 1..L-1
         token_logp = logp.gather(-1, inputs[:, 1:].unsqueeze(-1)).squeeze(-1)
@@ -157,7 +169,11 @@ def _output_cache(out):
 def _cache_kwarg() -> str:
     from transformers.models.llama.modeling_llama import LlamaForCausalLM
 
-    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+    return (
+        "cache"
+        if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters
+        else "past_key_values"
+    )
 
 
 _CACHE_KWARG = _cache_kwarg()

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from protege.config import PromptSpec, Settings, TaskSpec
 from protege.foundation.prompts import continuations, scored_sequences
 from protege.foundation.scoring import label_probabilities
 from protege.schemas import ModelRef
+from protege.settings import Settings
+from protege.taskspec import PromptSpec, TaskSpec
 
 
 class VLLMBackend:

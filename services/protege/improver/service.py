@@ -8,9 +8,9 @@ Three threads:
   `protege-improver-requests`: one improver replica takes each) and records them in
   the store's `RoundLedger`, so that a restart does not lose one;
 - rounds: every `Settings.improver_check_s` (at once after a request) asks each task
-  whether a round is due (`rounds.due`: a request, `retrain.every_feedback` new
+  whether a round is due (`triggers.due`: a request, `retrain.every_feedback` new
   feedback events in the store, or `retrain.every_minutes` with new events) and runs
-  it (`cycle.run_cycle`), one at a time; each round's ModelEvent goes to
+  it (`loop.run_round`), one at a time; each round's ModelEvent goes to
   `protege.models`, where every gateway replica's ChampionWatcher picks it up.
 
 Triggers count what is in the store, not what this process consumed, so several
@@ -28,19 +28,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from protege.config import Settings, TaskSpec
-from protege.improver.cycle import (
-    CycleResult,
+from protege.improver.data.ingest import DEFAULT_GROUP_ID, Ingestor
+from protege.improver.data.ledger import RoundLedger
+from protege.improver.data.store import ExampleStore
+from protege.improver.loop import (
+    RoundReport,
+    TrainingInProgress,
     default_holder,
     lazy_backend,
-    run_cycle,
-    store_counts,
+    run_round,
 )
-from protege.improver.ingest import DEFAULT_GROUP_ID, Ingestor
-from protege.improver.rounds import RoundLedger, due
-from protege.improver.store import ExampleStore
-from protege.improver.trainer import TrainingInProgress
+from protege.improver.triggers import due
 from protege.schemas import Event, RetrainRequest
+from protege.settings import Settings
+from protege.taskspec import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class ImproverService:
         deployment's, loaded on first use and kept.
     group_id : the intake's consumer group; retrain requests use `<group_id>-requests`.
     ingest : run the intake thread (off: another process fills the store).
-    run : the round function (tests pass a fake); `run_cycle`'s signature.
+    run : the round function (tests pass a fake); `run_round`'s signature.
     """
 
     def __init__(
@@ -74,7 +75,7 @@ class ImproverService:
         backend=None,
         group_id: str = DEFAULT_GROUP_ID,
         ingest: bool = True,
-        run: Callable[..., CycleResult] = run_cycle,
+        run: Callable[..., RoundReport] = run_round,
     ):
         self.settings = settings
         self.tasks = dict(tasks if tasks is not None else settings.load_tasks())
@@ -94,7 +95,7 @@ class ImproverService:
         self.ingest = ingest
         self.run = run
         self.holder = default_holder()
-        self.results: deque[CycleResult] = deque(maxlen=RESULTS_KEPT)
+        self.results: deque[RoundReport] = deque(maxlen=RESULTS_KEPT)
         self.ingestor: Ingestor | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -158,22 +159,29 @@ class ImproverService:
         now = time.time() if now is None else now
         found = {}
         for name, task in self.tasks.items():
-            feedback, n_events = store_counts(self.store, name)
+            feedback, n_events = self.store.event_counts(name)
             reason = due(self.ledger.state(name), task.retrain, feedback, n_events, now)
             if reason:
                 found[name] = reason
         return found
 
-    def run_due(self) -> list[CycleResult]:
+    def run_due(self) -> list[RoundReport]:
         """Run every due round now, one after another."""
         done = []
         for name, trigger in self.due().items():
             if self._stop.is_set():
                 break
             try:
-                result = self.run(self.tasks[name], self.store, self.registry, self.settings,
-                                  trigger=trigger, publish=self.publish, backend=self.backend,
-                                  holder=self.holder)
+                result = self.run(
+                    self.tasks[name],
+                    self.store,
+                    self.registry,
+                    self.settings,
+                    trigger=trigger,
+                    publish=self.publish,
+                    backend=self.backend,
+                    holder=self.holder,
+                )
             except TrainingInProgress as exc:
                 log.info("%s", exc)
                 continue
@@ -199,8 +207,11 @@ class ImproverService:
         while not self._stop.is_set():
             try:
                 if consumer is None:
-                    consumer = EventConsumer(self.settings, group_id=f"{self.group_id}-requests",
-                                             topics=[self.settings.kafka_topic_models])
+                    consumer = EventConsumer(
+                        self.settings,
+                        group_id=f"{self.group_id}-requests",
+                        topics=[self.settings.kafka_topic_models],
+                    )
                 consumer.process(self._handle_requests, timeout_s=1.0)
             except Exception as exc:  # noqa: BLE001 - broker away: retry; nothing was committed
                 log.warning("retrain-request consumer: %r", exc)

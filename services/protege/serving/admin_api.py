@@ -15,15 +15,25 @@ from protege.serving.champion_watcher import ChampionWatcher
 
 
 class VersionChoice(Body):
-    version: str | None = Field(default=None, description="Default: the challenger (promote) or the previous champion (rollback).")
+    version: str | None = Field(
+        default=None,
+        description="Default: the challenger (promote) or the previous champion (rollback).",
+    )
     reason: str | None = Field(default=None, max_length=500)
 
 
 def build_admin_router(
-    tasks: set[str], watcher: ChampionWatcher, publish: Callable[[Event], None] | None, route_class,
+    tasks: set[str],
+    watcher: ChampionWatcher,
+    publish: Callable[[Event], None] | None,
+    route_class,
 ) -> APIRouter:
-    router = APIRouter(prefix="/v1/admin/tasks/{task}", tags=["admin"], route_class=route_class,
-                       dependencies=[Depends(require("admin"))])
+    router = APIRouter(
+        prefix="/v1/admin/tasks/{task}",
+        tags=["admin"],
+        route_class=route_class,
+        dependencies=[Depends(require("admin"))],
+    )
 
     def known(task: str) -> str:
         if task not in tasks:
@@ -37,10 +47,14 @@ def build_admin_router(
         operation = registry.promote if action == "promote" else registry.rollback
         reasons = [choice.reason] if choice.reason else None
         try:
-            event = await asyncio.to_thread(operation, task, choice.version, reasons=reasons, publish=publish)
+            event = await asyncio.to_thread(
+                operation, task, choice.version, reasons=reasons, publish=publish
+            )
         except RegistryError as exc:
             raise HTTPException(409, str(exc)) from None
-        await asyncio.to_thread(watcher.check, task)  # this replica swaps now; the event tells the others
+        await asyncio.to_thread(
+            watcher.check, task
+        )  # this replica swaps now; the event tells the others
         return event
 
     @router.get("/models")

@@ -11,7 +11,6 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from protege import __version__
-from protege.config import TaskSpec
 from protege.schemas import (
     ErrorBody,
     FeedbackRequest,
@@ -23,7 +22,8 @@ from protege.schemas import (
 from protege.serving.admin_api import build_admin_router
 from protege.serving.auth import ApiKeys, require
 from protege.serving.champion_watcher import ChampionWatcher
-from protege.serving.core import GatewayCore, InputError, UnknownPrediction
+from protege.serving.gateway import GatewayCore, InputError, UnknownPrediction
+from protege.taskspec import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,20 @@ class Utf8Route(APIRoute):
             try:
                 body.decode("utf-8")
             except UnicodeDecodeError as exc:
-                return JSONResponse({"detail": f"request body is not valid UTF-8 (byte {exc.start})"}, 400)
+                return JSONResponse(
+                    {"detail": f"request body is not valid UTF-8 (byte {exc.start})"}, 400
+                )
             return await handler(request)
 
         return checked
 
 
-def build_api(core: GatewayCore, api_keys: ApiKeys, watcher: ChampionWatcher | None = None) -> FastAPI:
+def build_api(
+    core: GatewayCore, api_keys: ApiKeys, watcher: ChampionWatcher | None = None
+) -> FastAPI:
     app = FastAPI(
-        title="Protégé", version=__version__,
+        title="Protégé",
+        version=__version__,
         description="Classify text with a specialist that a foundation model teaches; send feedback.",
     )
     app.state.api_keys = api_keys
@@ -61,31 +66,54 @@ def build_api(core: GatewayCore, api_keys: ApiKeys, watcher: ChampionWatcher | N
             raise HTTPException(404, f"unknown task {task!r}; known: {sorted(core.tasks)}")
         return spec
 
-    @router.post("/v1/tasks/{task}/predict", response_model=PredictResponse, responses=ERRORS,
-                 dependencies=[Depends(require("predict"))], tags=["predict"])
+    @router.post(
+        "/v1/tasks/{task}/predict",
+        response_model=PredictResponse,
+        responses=ERRORS,
+        dependencies=[Depends(require("predict"))],
+        tags=["predict"],
+    )
     async def predict(body: PredictRequest, spec: TaskSpec = Depends(task_of)) -> PredictResponse:
         """Classify one `text` or a batch of `texts`."""
         core.check_limits(spec, body.items, "text" if body.text is not None else "texts")
         return await core.predict(spec, body.items)
 
-    @router.post("/v1/feedback", response_model=FeedbackResponse, responses=ERRORS,
-                 dependencies=[Depends(require("feedback"))], tags=["feedback"])
+    @router.post(
+        "/v1/feedback",
+        response_model=FeedbackResponse,
+        responses=ERRORS,
+        dependencies=[Depends(require("feedback"))],
+        tags=["feedback"],
+    )
     async def feedback(body: FeedbackRequest) -> FeedbackResponse:
         """Thumbs up or down on a prediction, with an optional corrected label."""
         try:
             event = core.feedback(body)
         except UnknownPrediction:
             raise HTTPException(404, "unknown prediction_id") from None
-        return FeedbackResponse(accepted=True, prediction_id=event.prediction_id, task=event.task,
-                                event_id=event.event_id)
+        return FeedbackResponse(
+            accepted=True,
+            prediction_id=event.prediction_id,
+            task=event.task,
+            event_id=event.event_id,
+        )
 
-    @router.get("/v1/tasks", response_model=list[TaskSummary], tags=["tasks"],
-                dependencies=[Depends(require("predict"))])
+    @router.get(
+        "/v1/tasks",
+        response_model=list[TaskSummary],
+        tags=["tasks"],
+        dependencies=[Depends(require("predict"))],
+    )
     async def list_tasks() -> list[TaskSummary]:
         return [core.summary(spec) for spec in core.tasks.values()]
 
-    @router.get("/v1/tasks/{task}", response_model=TaskSummary, responses=ERRORS, tags=["tasks"],
-                dependencies=[Depends(require("predict"))])
+    @router.get(
+        "/v1/tasks/{task}",
+        response_model=TaskSummary,
+        responses=ERRORS,
+        tags=["tasks"],
+        dependencies=[Depends(require("predict"))],
+    )
     async def get_task(spec: TaskSpec = Depends(task_of)) -> TaskSummary:
         return core.summary(spec)
 

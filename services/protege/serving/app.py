@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from ray.serve import Application
 
-from protege.config import Settings
 from protege.serving.deployments import FoundationModel, Gateway
+from protege.settings import Settings
 
 
 def build_app(args: dict | None = None) -> Application:

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 from fastapi import HTTPException, Request
 
-from protege.config import Settings
+from protege.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,9 @@ class ApiKeys:
         for roles in keys.values():
             unknown = roles - ROLES
             if unknown:
-                raise ValueError(f"unknown roles {sorted(unknown)} for an API key; use {sorted(ROLES)}")
+                raise ValueError(
+                    f"unknown roles {sorted(unknown)} for an API key; use {sorted(ROLES)}"
+                )
         # Compare digests: equal length, so compare_digest leaks nothing about lengths.
         self._keys = [(hashlib.sha256(k.encode()).digest(), roles) for k, roles in keys.items()]
         self.disabled = disabled
@@ -39,7 +41,8 @@ class ApiKeys:
             log.warning(
                 "\n%s\nAUTH IS DISABLED (PROTEGE_AUTH_DISABLED=true): anyone who can reach this "
                 "port can predict, send feedback and promote models. Local demos only.\n%s",
-                "!" * 78, "!" * 78,
+                "!" * 78,
+                "!" * 78,
             )
             return cls({}, disabled=True)
         keys: dict[str, frozenset[str]] = {}
@@ -96,8 +99,11 @@ def require(role: str):
             return
         key = presented_key(request)
         if not key:
-            raise HTTPException(401, "missing API key (Authorization: Bearer KEY or X-API-Key)",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "missing API key (Authorization: Bearer KEY or X-API-Key)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         roles = keys.roles_of(key)
         if not roles:
             raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})

@@ -11,9 +11,9 @@ import threading
 import time
 import uuid
 
-from protege.config import Settings
 from protege.schemas import ModelEvent
 from protege.serving.specialists import SpecialistSlots
+from protege.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,9 @@ class ChampionWatcher:
                 log.exception("champion check failed for %s", task)
 
     def start(self) -> ChampionWatcher:
-        self._thread = threading.Thread(target=self._run, name="protege-champion-watcher", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="protege-champion-watcher", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -98,7 +100,8 @@ class ChampionWatcher:
         try:
             # A group of its own per replica: every replica must see every model event.
             return EventConsumer(
-                self.settings, group_id=f"protege-gateway-{uuid.uuid4().hex[:12]}",
+                self.settings,
+                group_id=f"protege-gateway-{uuid.uuid4().hex[:12]}",
                 topics=[self.settings.kafka_topic_models],
             )
         except Exception as exc:

@@ -11,16 +11,16 @@ import logging
 import numpy as np
 from ray import serve
 
-from protege.config import Settings
 from protege.foundation.backend import create_backend
 from protege.serving.api import build_api
 from protege.serving.auth import ApiKeys
 from protege.serving.champion_watcher import ChampionWatcher
-from protege.serving.core import GatewayCore
 from protege.serving.foundation_client import HandleFoundation
+from protege.serving.gateway import GatewayCore
 from protege.serving.metrics import EventLogMetrics, ServingMetrics
 from protege.serving.prediction_ids import PredictionIds
 from protege.serving.specialists import SpecialistSlots
+from protege.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,11 @@ class Gateway:
         self.specialists.load_local()
         self.events = event_producer(settings)
         self.core = GatewayCore(
-            tasks, HandleFoundation(foundation), self.specialists,
-            PredictionIds.from_settings(settings), metrics=ServingMetrics(),
+            tasks,
+            HandleFoundation(foundation),
+            self.specialists,
+            PredictionIds.from_settings(settings),
+            metrics=ServingMetrics(),
             publish=self.events.publish if self.events else None,
             event_stats=self.events.stats if self.events else None,
             shadow_max_inflight=settings.shadow_max_inflight,

@@ -9,9 +9,9 @@ from typing import Protocol
 
 import numpy as np
 
-from protege.config import TaskSpec
 from protege.foundation.backend import FoundationBackend
 from protege.schemas import ModelRef
+from protege.taskspec import TaskSpec
 
 
 class FoundationClient(Protocol):

@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from protege.config import Settings
+from protege.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,9 @@ FAST_INGRESS_ENV = {
 
 
 def start_serve(
-    settings: Settings, app_name: str = "protege", fast_ingress: bool = False,
+    settings: Settings,
+    app_name: str = "protege",
+    fast_ingress: bool = False,
     metrics_port: int | None = None,
 ):
     """Start Ray (local) and the app; returns the gateway's base URL once it is ready.
@@ -44,11 +46,21 @@ def start_serve(
         os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
     if not ray.is_initialized():
         ray.init(
-            include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port,
-            runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("PROTEGE_", "RAY_SERVE_", "HF_", "TRANSFORMERS_"))}},
+            include_dashboard=False,
+            log_to_driver=False,
+            _metrics_export_port=metrics_port,
+            runtime_env={
+                "env_vars": {
+                    k: v
+                    for k, v in os.environ.items()
+                    if k.startswith(("PROTEGE_", "RAY_SERVE_", "HF_", "TRANSFORMERS_"))
+                }
+            },
         )
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
-    serve.run(build_app(settings.model_dump(mode="json")), name=app_name, route_prefix="/", blocking=False)
+    serve.run(
+        build_app(settings.model_dump(mode="json")), name=app_name, route_prefix="/", blocking=False
+    )
     url = f"http://{settings.http_host}:{settings.http_port}"
     wait_ready(url)
     return url

@@ -11,23 +11,29 @@ LATENCY_BUCKETS_MS = [0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000,
 class ServingMetrics:
     def __init__(self) -> None:
         self.requests = Counter(
-            "protege_predictions", description="Texts answered, by task, route and model.",
+            "protege_predictions",
+            description="Texts answered, by task, route and model.",
             tag_keys=("task", "route", "model"),
         )
         self.latency = Histogram(
-            "protege_predict_latency_ms", description="Predict request latency (ms) by task.",
-            boundaries=LATENCY_BUCKETS_MS, tag_keys=("task",),
+            "protege_predict_latency_ms",
+            description="Predict request latency (ms) by task.",
+            boundaries=LATENCY_BUCKETS_MS,
+            tag_keys=("task",),
         )
         self.escalations = Counter(
-            "protege_escalations", description="Texts the cascade sent on to the FM.",
+            "protege_escalations",
+            description="Texts the cascade sent on to the FM.",
             tag_keys=("task",),
         )
         self.shadow = Counter(
-            "protege_shadow_runs", description="Shadow FM runs, by whether the FM agreed.",
+            "protege_shadow_runs",
+            description="Shadow FM runs, by whether the FM agreed.",
             tag_keys=("task", "agreed"),
         )
         self.errors = Counter(
-            "protege_errors", description="Failed requests by task and kind.",
+            "protege_errors",
+            description="Failed requests by task and kind.",
             tag_keys=("task", "kind"),
         )
 
@@ -51,7 +57,8 @@ class EventLogMetrics:
 
     def __init__(self) -> None:
         self.events = Counter(
-            "protege_events", description="Event-log counters: produced, spooled, replayed, dropped.",
+            "protege_events",
+            description="Event-log counters: produced, spooled, replayed, dropped.",
             tag_keys=("counter",),
         )
 

@@ -10,7 +10,8 @@ import os
 import secrets
 from pathlib import Path
 
-from protege.config import Settings, valid_task_name
+from protege.settings import Settings
+from protege.taskspec import valid_task_name
 
 SIGNATURE_BYTES = 12
 

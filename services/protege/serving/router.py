@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protege.config import Policy, TaskSpec
 from protege.schemas import ModelRef, Route
+from protege.taskspec import Policy, TaskSpec
 
 ScoreFn = Callable[[TaskSpec, list[str]], Awaitable[np.ndarray]]
 

@@ -9,9 +9,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from protege.config import Settings, TaskSpec
+from protege.artifact import META_FILE, Specialist, SpecialistLoadError
 from protege.serving.batching import MicroBatcher
-from protege.serving.specialist import META_FILE, Specialist, SpecialistLoadError
+from protege.settings import Settings
+from protege.taskspec import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,13 @@ class SpecialistSlots:
                 model = Specialist(folder, expected_labels=self.tasks[task].label_names)
             except SpecialistLoadError as exc:
                 self.errors[task] = str(exc)
-                log.error("specialist for %s failed to load; keeping the current one: %s", task, exc)
+                log.error(
+                    "specialist for %s failed to load; keeping the current one: %s", task, exc
+                )
                 return False
             batcher = MicroBatcher(
-                model.predict_proba, self.settings.specialist_max_batch,
+                model.predict_proba,
+                self.settings.specialist_max_batch,
                 self.settings.specialist_batch_wait_s,
             )
             self.live[task] = LiveSpecialist(model, batcher)  # the atomic swap

@@ -6,7 +6,8 @@ One module per specialist family, each `train(data, spec, progress) -> Specialis
 - `minilm`: all-MiniLM-L6-v2 mean-pooled + a linear head (torch.onnx.export).
 
 `distill.train_specialist` trains the configured families and keeps the better on
-validation. Ray stays out of here: `protege.improver.trainer` runs it as a Ray task.
+validation; `export` turns models into ONNX graphs; `jobs` runs training in-process or
+as a Ray task.
 """
 
 from protege.improver.training.dataset import TrainingSet, label_indices
@@ -20,6 +21,12 @@ from protege.improver.training.distill import (
 )
 
 __all__ = [
-    "FAMILIES", "Candidate", "TrainingSet", "TrainingTiming", "benchmark_training",
-    "label_indices", "time_training", "train_specialist",
+    "FAMILIES",
+    "Candidate",
+    "TrainingSet",
+    "TrainingTiming",
+    "benchmark_training",
+    "label_indices",
+    "time_training",
+    "train_specialist",
 ]

@@ -17,8 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from protege.improver.data.records import text_hash
+
+if TYPE_CHECKING:
+    from protege.improver.labeling.labeled import LabeledData
 
 
 def label_indices(labels: Sequence[str], values: Sequence) -> np.ndarray:
@@ -89,25 +95,52 @@ class TrainingSet:
         return cls(labels, texts, targets, weights.astype(np.float32), gold)
 
     @classmethod
+    def from_labeled(cls, labeled: LabeledData, gold_weight: float | None = None) -> TrainingSet:
+        """What a specialist trains on: the label model's probabilistic labels on the
+        train split plus the train split's gold (one-hot; a gold text is not also a soft
+        row). Holdout texts are left out entirely."""
+        gold = labeled.train_gold()
+        gold_hashes = {text_hash(g.text) for g in gold}
+        rows = [
+            i
+            for i in labeled.training_rows()
+            if text_hash(labeled.points[i].text) not in gold_hashes
+        ]
+        weight = labeled.task.training.gold_weight if gold_weight is None else gold_weight
+        return cls.build(
+            labeled.task.label_names,
+            soft_texts=[labeled.points[i].text for i in rows],
+            soft_probs=labeled.probs[rows] if rows else None,
+            gold_texts=[g.text for g in gold],
+            gold_labels=[g.label for g in gold],
+            gold_weight=weight,
+        )
+
+    @classmethod
     def from_gold(cls, labels: Sequence[str], texts: Sequence[str], gold: Sequence) -> TrainingSet:
         return cls.build(labels, gold_texts=texts, gold_labels=gold)
 
     def subset(self, rows: np.ndarray | Sequence[int]) -> TrainingSet:
         rows = np.asarray(rows, dtype=np.int64)
         return TrainingSet(
-            self.labels, [self.texts[i] for i in rows], self.targets[rows],
-            self.weights[rows], self.gold[rows],
+            self.labels,
+            [self.texts[i] for i in rows],
+            self.targets[rows],
+            self.weights[rows],
+            self.gold[rows],
         )
 
-    def split(self, fraction: float, seed: int,
-              among: np.ndarray | None = None) -> tuple[TrainingSet, TrainingSet]:
+    def split(
+        self, fraction: float, seed: int, among: np.ndarray | None = None
+    ) -> tuple[TrainingSet, TrainingSet]:
         """(rest, held_out): a seeded, per-label stratified hold-out of `fraction` of the
         rows, or of the rows where the boolean mask `among` is true."""
         rest, held = self.split_rows(fraction, seed, among)
         return self.subset(rest), self.subset(held)
 
-    def split_rows(self, fraction: float, seed: int,
-                   among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def split_rows(
+        self, fraction: float, seed: int, among: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Row indices of `split`: (rest, held_out)."""
         rng = np.random.default_rng(seed)
         hard = self.targets.argmax(axis=1)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from protege.config import TrainingSpec
-from protege.improver.export import SpecialistFiles
+from protege.artifact import Specialist, SpecialistFiles
 from protege.improver.training import minilm, tfidf
 from protege.improver.training.dataset import TrainingSet, label_indices
+from protege.taskspec import TrainingSpec
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +44,32 @@ class Candidate:
     def model(self) -> str:
         return self.files.model
 
-    def write(self, folder: Path | str, version: str = CANDIDATE_VERSION,
-              threshold: float | None = None) -> Path:
-        return self.files.write(folder, task=self.task, labels=self.labels, version=version,
-                                threshold=threshold)
+    def write(
+        self, folder: Path | str, version: str = CANDIDATE_VERSION, threshold: float | None = None
+    ) -> Path:
+        return self.files.write(
+            folder, task=self.task, labels=self.labels, version=version, threshold=threshold
+        )
 
 
-def validation_accuracy(files: SpecialistFiles, labels: list[str], texts: Sequence[str],
-                        gold: np.ndarray) -> float:
-    from protege.improver.evaluate import evaluate_specialist
-
+def validation_accuracy(
+    files: SpecialistFiles,
+    labels: list[str],
+    texts: Sequence[str],
+    gold: np.ndarray,
+    batch_size: int = 256,
+) -> float:
+    """Accuracy of the exported model, loaded as serving loads it."""
     with tempfile.TemporaryDirectory(prefix="protege-val-") as tmp:
         folder = files.write(tmp, task="validation", labels=labels, version=CANDIDATE_VERSION)
-        evaluation = evaluate_specialist(folder, texts, gold, labels, latency_samples=0)
-    return evaluation.metrics.accuracy
+        specialist = Specialist(folder, labels)
+        predicted = np.concatenate(
+            [
+                specialist.predict_proba(list(texts[i : i + batch_size])).argmax(axis=1)
+                for i in range(0, len(texts), batch_size)
+            ]
+        )
+    return float(np.mean(predicted == gold))
 
 
 def train_specialist(
@@ -84,8 +96,9 @@ def train_specialist(
         validation = (held.texts, held.targets.argmax(axis=1))
     val_texts, val_gold = list(validation[0]), label_indices(labels, validation[1])
     if not len(train) or not val_texts:
-        raise ValueError(f"{task}: need training and validation examples "
-                         f"(got {len(train)} and {len(val_texts)})")
+        raise ValueError(
+            f"{task}: need training and validation examples (got {len(train)} and {len(val_texts)})"
+        )
     accuracy: dict[str, float] = {}
     seconds: dict[str, float] = {}
     best: SpecialistFiles | None = None
@@ -95,16 +108,28 @@ def train_specialist(
         files = FAMILIES[family].train(train, spec, progress=progress)
         seconds[family] = time.perf_counter() - start
         accuracy[family] = validation_accuracy(files, labels, val_texts, val_gold)
-        log.info("%s: %s validation accuracy %.4f (%.1f s)", task, family, accuracy[family],
-                 seconds[family])
+        log.info(
+            "%s: %s validation accuracy %.4f (%.1f s)",
+            task,
+            family,
+            accuracy[family],
+            seconds[family],
+        )
         if best is None or accuracy[family] > accuracy[best_family]:
             best, best_family = files, family
     params = {
-        "families": ",".join(spec.families), "chosen_family": best_family, "seed": spec.seed,
-        "train_examples": len(train), "train_gold_examples": int(train.gold.sum()),
-        "validation_examples": len(val_texts), "epochs": spec.epochs,
-        "minilm_c": spec.minilm_c, "tfidf_c": spec.tfidf_c,
-        "gold_weight": spec.gold_weight, "num_gpus": spec.num_gpus, **best.params,
+        "families": ",".join(spec.families),
+        "chosen_family": best_family,
+        "seed": spec.seed,
+        "train_examples": len(train),
+        "train_gold_examples": int(train.gold.sum()),
+        "validation_examples": len(val_texts),
+        "epochs": spec.epochs,
+        "minilm_c": spec.minilm_c,
+        "tfidf_c": spec.tfidf_c,
+        "gold_weight": spec.gold_weight,
+        "num_gpus": spec.num_gpus,
+        **best.params,
     }
     return Candidate(task, labels, best_family, best, accuracy, seconds, params)
 
@@ -120,8 +145,14 @@ class TrainingTiming:
         return 1000.0 * self.fit_export_seconds / self.examples
 
 
-def time_training(family: str, train: TrainingSet, spec: TrainingSpec | None = None,
-                  *, warm: bool = True, progress: bool = False) -> TrainingTiming:
+def time_training(
+    family: str,
+    train: TrainingSet,
+    spec: TrainingSpec | None = None,
+    *,
+    warm: bool = True,
+    progress: bool = False,
+) -> TrainingTiming:
     """Wall time of one family's training (fit + ONNX export) on `train`, for benchmarks.
 
     With `warm`, one-off loads (the MiniLM encoder weights) happen before the clock starts,
@@ -135,15 +166,19 @@ def time_training(family: str, train: TrainingSet, spec: TrainingSpec | None = N
     return TrainingTiming(family, len(train), time.perf_counter() - start)
 
 
-def benchmark_training(task: str = "youtube-spam", examples: int = 1000,
-                       families: Sequence[str] = ("tfidf", "minilm"),
-                       seed: int = 0) -> list[TrainingTiming]:
+def benchmark_training(
+    task: str = "youtube-spam",
+    examples: int = 1000,
+    families: Sequence[str] = ("tfidf", "minilm"),
+    seed: int = 0,
+) -> list[TrainingTiming]:
     """Training time of each family on `examples` gold texts of a shipped data set
     (`protege.datasets`), e.g. for `bench/`: `[t.seconds_per_1k for t in ...]`."""
     from protege import datasets
 
     train = datasets.load(task, "train")
     rows = np.random.default_rng(seed).permutation(len(train))[:examples]
-    data = TrainingSet.from_gold(train.label_names, [train.texts[i] for i in rows],
-                                 [train.labels[i] for i in rows])
+    data = TrainingSet.from_gold(
+        train.label_names, [train.texts[i] for i in rows], [train.labels[i] for i in rows]
+    )
     return [time_training(family, data, TrainingSpec(seed=seed)) for family in families]

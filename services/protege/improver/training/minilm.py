@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from protege.config import TrainingSpec
-from protege.improver.export import TOKENIZER_FILE, SpecialistFiles, torch_to_onnx
+from protege.artifact import MAX_TOKENS, TOKENIZER_FILE, SpecialistFiles
 from protege.improver.training.dataset import TrainingSet
-from protege.serving.specialist import MAX_TOKENS
+from protege.improver.training.export import torch_to_onnx
+from protege.taskspec import TrainingSpec
 
 NAME = "minilm-l6-linear"
 ENCODE_BATCH = 64
@@ -75,8 +75,9 @@ def device_for(spec: TrainingSpec) -> torch.device:
 
 
 @torch.no_grad()
-def encode(texts: list[str], *, device: torch.device | None = None,
-           progress: bool = True) -> np.ndarray:
+def encode(
+    texts: list[str], *, device: torch.device | None = None, progress: bool = True
+) -> np.ndarray:
     """[N, 384] normalised mean-pooled embeddings; batches are length-sorted for speed."""
     from tqdm.auto import tqdm
 
@@ -87,7 +88,7 @@ def encode(texts: list[str], *, device: torch.device | None = None,
     out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
     starts = range(0, len(texts), ENCODE_BATCH)
     for start in tqdm(starts, desc=f"{NAME}: encode", disable=not progress, leave=False):
-        rows = order[start:start + ENCODE_BATCH]
+        rows = order[start : start + ENCODE_BATCH]
         batch = tokenizer.encode_batch([texts[i] for i in rows])
         ids = torch.tensor([e.ids for e in batch], dtype=torch.long, device=device)
         mask = torch.tensor([e.attention_mask for e in batch], dtype=torch.long, device=device)
@@ -97,9 +98,16 @@ def encode(texts: list[str], *, device: torch.device | None = None,
     return out
 
 
-def fit_head(embeddings: np.ndarray, targets: np.ndarray, weights: np.ndarray,
-             spec: TrainingSpec, *, c: float | None = None, device: torch.device | None = None,
-             progress: bool = True) -> nn.Linear:
+def fit_head(
+    embeddings: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray,
+    spec: TrainingSpec,
+    *,
+    c: float | None = None,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> nn.Linear:
     """A linear head minimising the weighted soft-label cross-entropy plus sklearn's L2
     term (`0.5 / C * |W|^2` against the weighted sum), full-batch with L-BFGS: fast,
     deterministic, no learning rate to tune."""
@@ -115,8 +123,13 @@ def fit_head(embeddings: np.ndarray, targets: np.ndarray, weights: np.ndarray,
     nn.init.zeros_(head.weight)  # convex problem: a fixed start makes the result seed-free
     nn.init.zeros_(head.bias)
     optimizer = torch.optim.LBFGS(
-        head.parameters(), lr=1.0, max_iter=spec.epochs, history_size=20,
-        line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9,
+        head.parameters(),
+        lr=1.0,
+        max_iter=spec.epochs,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
     )
     penalty = 0.5 / (c * len(x))
     bar = tqdm(total=spec.epochs, desc=f"{NAME}: head", disable=not progress, leave=False)
@@ -134,8 +147,12 @@ def fit_head(embeddings: np.ndarray, targets: np.ndarray, weights: np.ndarray,
     return head.cpu()
 
 
-def choose_c(embeddings: np.ndarray, data: TrainingSet, spec: TrainingSpec,
-             device: torch.device | None = None) -> float:
+def choose_c(
+    embeddings: np.ndarray,
+    data: TrainingSet,
+    spec: TrainingSpec,
+    device: torch.device | None = None,
+) -> float:
     """The head's C from `C_GRID` by `C_FOLDS`-fold cross-validated accuracy on the
     training rows (scored on gold rows when there are enough, else on all rows against
     their soft labels' argmax); ties go to the stronger regularisation."""
@@ -149,8 +166,15 @@ def choose_c(embeddings: np.ndarray, data: TrainingSet, spec: TrainingSpec,
         if not held.any() or not rest.any():
             continue
         for i, c in enumerate(C_GRID):
-            head = fit_head(embeddings[rest], data.targets[rest], data.weights[rest], spec,
-                            c=c, device=device, progress=False)
+            head = fit_head(
+                embeddings[rest],
+                data.targets[rest],
+                data.weights[rest],
+                spec,
+                c=c,
+                device=device,
+                progress=False,
+            )
             with torch.no_grad():
                 predicted = head(torch.from_numpy(embeddings[held])).argmax(dim=1).numpy()
             scores[i] += float(np.sum(predicted == truth[held]))
@@ -163,12 +187,14 @@ def train(data: TrainingSet, spec: TrainingSpec, progress: bool = True) -> Speci
     device = device_for(spec)
     embeddings = encode(data.texts, device=device, progress=progress)
     c = spec.minilm_c or choose_c(embeddings, data, spec, device)
-    head = fit_head(embeddings, data.targets, data.weights, spec, c=c, device=device,
-                    progress=progress)
+    head = fit_head(
+        embeddings, data.targets, data.weights, spec, c=c, device=device, progress=progress
+    )
     encoder, tokenizer = load_encoder()
     onnx = torch_to_onnx(MiniLMClassifier(encoder, head), tokenizer.get_vocab_size())
     return SpecialistFiles(
-        model=NAME, onnx=onnx,
+        model=NAME,
+        onnx=onnx,
         extra={TOKENIZER_FILE: (model_path() / TOKENIZER_FILE).read_bytes()},
         params={"minilm_c": c},
     )

@@ -13,9 +13,10 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 
-from protege.config import TrainingSpec
-from protege.improver.export import SpecialistFiles, tfidf_to_onnx
+from protege.artifact import SpecialistFiles
 from protege.improver.training.dataset import TrainingSet
+from protege.improver.training.export import tfidf_to_onnx
+from protege.taskspec import TrainingSpec
 
 NAME = "tfidf-lr"
 # Probability mass below this is dropped from the expansion: it costs rows, not accuracy.
@@ -26,11 +27,17 @@ CHAR_MIN_DF = 2
 
 def features() -> FeatureUnion:
     # skl2onnx cannot convert analyzer="char_wb"; "char" converts and scores the same here.
-    return FeatureUnion([
-        ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),
-        ("char", TfidfVectorizer(analyzer="char", ngram_range=(2, 5), sublinear_tf=True,
-                                 min_df=CHAR_MIN_DF)),
-    ])
+    return FeatureUnion(
+        [
+            ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),
+            (
+                "char",
+                TfidfVectorizer(
+                    analyzer="char", ngram_range=(2, 5), sublinear_tf=True, min_df=CHAR_MIN_DF
+                ),
+            ),
+        ]
+    )
 
 
 def fit_features(texts: list[str]) -> FeatureUnion:
@@ -44,8 +51,9 @@ def fit_features(texts: list[str]) -> FeatureUnion:
     for _, vectorizer in union.transformer_list:
         low, high = vectorizer.ngram_range
         sizes = {_ngram_size(term, vectorizer.analyzer) for term in vectorizer.vocabulary_}
-        longest = max((n for n in range(low, high + 1) if set(range(low, n + 1)) <= sizes),
-                      default=low)
+        longest = max(
+            (n for n in range(low, high + 1) if set(range(low, n + 1)) <= sizes), default=low
+        )
         if longest < high:
             vectorizer.set_params(ngram_range=(low, longest)).fit(texts)
     return union

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from protege.improver.evaluate import as_probabilities
+from protege.improver.judge.evaluate import as_probabilities
 from protege.improver.training.dataset import label_indices
 
 
@@ -71,8 +71,9 @@ def calibrate_threshold(
     ok = np.flatnonzero(accuracy >= target - 1e-12)
     if len(ok):
         i = int(ok[0])
-        return CascadeCalibration(float(thresholds[i]), float(accuracy[i]),
-                                  float(1 - below[i] / n), float(target), True)
+        return CascadeCalibration(
+            float(thresholds[i]), float(accuracy[i]), float(1 - below[i] / n), float(target), True
+        )
     # Nothing reaches the target: the specialist answers only when it is certain.
     alone = confidence >= 1.0
     accuracy_at_1 = float(np.mean(np.where(alone, spec_correct, fm_correct)))

@@ -18,19 +18,17 @@ True
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from protege.improver.labeling import DataPoint, Review
+from protege.improver.data.records import DataPoint, Review, text_hash
 from protege.schemas import FeedbackEvent, PredictionEvent
 
 log = logging.getLogger(__name__)
@@ -111,19 +109,6 @@ reports = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
 )
-
-
-def text_hash(text: str) -> str:
-    """Identity of a text for dedupe, caching and the held-out split: whitespace-normalized."""
-    return hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class GoldExample:
-    text: str
-    label: str
-    source: str  # "file:<name>", "review:correction" or "review:confirmed"
-    split: str  # "train" or "holdout", from the text's hash
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -267,6 +252,41 @@ class ExampleStore:
             "feedback": count(feedback),
             "gold": count(gold),
         }
+
+    def event_counts(self, task: str) -> tuple[int, int]:
+        """(feedback events, all events) stored for `task`: what retrain triggers count."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(events.c.kind, sa.func.count())
+                .where(events.c.task == task)
+                .group_by(events.c.kind)
+            ).all()
+        counts = dict(rows)
+        return int(counts.get("feedback", 0)), int(sum(counts.values()))
+
+    def foundation_answers(self, task: str, hashes: Iterable[str]) -> dict[str, tuple[str, float]]:
+        """text hash -> (label, confidence) of the latest prediction event of the task that
+        carried an FM answer (escalations and shadow runs: answers already paid for)."""
+        wanted = list(hashes)
+        found: dict[str, tuple[str, float]] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                rows = conn.execute(
+                    sa.select(
+                        predictions.c.text_hash,
+                        predictions.c.foundation_label,
+                        predictions.c.foundation_confidence,
+                    )
+                    .where(
+                        (predictions.c.task == task)
+                        & predictions.c.foundation_label.is_not(None)
+                        & predictions.c.text_hash.in_(wanted[start : start + 500])
+                    )
+                    .order_by(predictions.c.timestamp)
+                )
+                for h, label, confidence in rows:
+                    found[h] = (label, 1.0 if confidence is None else float(confidence))
+        return found
 
     def event_ids(self) -> list[str]:
         with self.engine.connect() as conn:

@@ -6,7 +6,7 @@ the rule sets ``case_sensitive``.
 
 Example
 -------
->>> from protege.config import RuleSpec
+>>> from protege.taskspec import RuleSpec
 >>> lf = RuleLF(RuleSpec(name="subscribe", label="SPAM", keywords=["subscribe", "sub 4 sub"]))
 >>> from protege.improver.labeling import DataPoint
 >>> lf(DataPoint("Please SUBSCRIBE!")), lf(DataPoint("unsubscribed"))
@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import re
 
-from protege.config import RuleSpec, TaskSpec
-from protege.improver.labeling import DataPoint, LabelingFunction, Vote
+from protege.improver.data.records import DataPoint
+from protege.improver.labeling.functions import LabelingFunction, Vote
+from protege.taskspec import RuleSpec, TaskSpec
 
 
 def keyword_pattern(keywords: list[str], case_sensitive: bool = False) -> re.Pattern[str]:
@@ -39,7 +40,7 @@ class RuleLF(LabelingFunction):
 
     def __init__(self, spec: RuleSpec, task: str | None = None):
         what = f"keywords {spec.keywords}" if spec.keywords else f"regex {spec.regex!r}"
-        super().__init__(spec.name, task=task, description=f"{spec.label} when {what}")
+        super().__init__(spec.name, self.match, task=task, description=f"{spec.label} when {what}")
         self.spec = spec
         flags = 0 if spec.case_sensitive else re.IGNORECASE
         self.pattern = (
@@ -48,7 +49,7 @@ class RuleLF(LabelingFunction):
             else re.compile(spec.regex or "", flags)
         )
 
-    def __call__(self, x: DataPoint) -> Vote:
+    def match(self, x: DataPoint) -> Vote:
         return self.spec.label if self.pattern.search(x.text) else None
 
 

@@ -17,9 +17,9 @@ import logging
 import threading
 import time
 
-from protege.config import Settings
-from protege.improver.store import ExampleStore
+from protege.improver.data.store import ExampleStore
 from protege.schemas import Event, FeedbackEvent, PredictionEvent
+from protege.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from protege.config import TaskSpec
 from protege.schemas import (
     Event,
     FeedbackEvent,
@@ -29,6 +28,7 @@ from protege.serving.metrics import ServingMetrics
 from protege.serving.prediction_ids import PredictionIds
 from protege.serving.router import ModelAnswer, RoutedAnswer, Router
 from protege.serving.specialists import SpecialistSlots
+from protege.taskspec import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,10 @@ class UnknownPrediction(LookupError):
 
 def top_k(task: TaskSpec, probs: np.ndarray, k: int) -> list[LabelProbability]:
     order = np.argsort(-probs)[:k]
-    return [LabelProbability(label=task.label_names[i], probability=round(float(probs[i]), 6)) for i in order]
+    return [
+        LabelProbability(label=task.label_names[i], probability=round(float(probs[i]), 6))
+        for i in order
+    ]
 
 
 def model_output(task: TaskSpec, answer: ModelAnswer | None) -> ModelOutput | None:
@@ -55,7 +58,8 @@ def model_output(task: TaskSpec, answer: ModelAnswer | None) -> ModelOutput | No
         return None
     probs = answer.probabilities
     return ModelOutput(
-        model=answer.model, label=task.label_names[int(np.argmax(probs))],
+        model=answer.model,
+        label=task.label_names[int(np.argmax(probs))],
         probabilities=top_k(task, probs, task.limits.top_k),
     )
 
@@ -80,18 +84,28 @@ class GatewayCore:
         self.publish = publish
         self.event_stats = event_stats
         self.shadow_max_inflight = shadow_max_inflight
-        self.router = Router(foundation.score, lambda: foundation.ref or ModelRef(model="foundation", version="?"))
+        self.router = Router(
+            foundation.score, lambda: foundation.ref or ModelRef(model="foundation", version="?")
+        )
         self._background: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ predict
     def check_limits(self, task: TaskSpec, texts: list[str], batch_field: str) -> None:
         limits = task.limits
         if len(texts) > limits.max_batch:
-            raise InputError(["body", batch_field], f"at most {limits.max_batch} texts per call for task {task.name!r}, got {len(texts)}", "too_long")
+            raise InputError(
+                ["body", batch_field],
+                f"at most {limits.max_batch} texts per call for task {task.name!r}, got {len(texts)}",
+                "too_long",
+            )
         for i, text in enumerate(texts):
             if len(text) > limits.max_text_chars:
                 loc = ["body", "text"] if batch_field == "text" else ["body", "texts", i]
-                raise InputError(loc, f"text has {len(text)} characters; task {task.name!r} allows {limits.max_text_chars}", "string_too_long")
+                raise InputError(
+                    loc,
+                    f"text has {len(text)} characters; task {task.name!r} allows {limits.max_text_chars}",
+                    "string_too_long",
+                )
 
     async def predict(self, task: TaskSpec, texts: list[str]) -> PredictResponse:
         started = time.perf_counter()
@@ -101,7 +115,8 @@ class GatewayCore:
         if live is not None:
             threshold = live.model.meta.threshold
             specialist = (
-                live.model.ref, lambda _task, batch: live.batcher(batch),
+                live.model.ref,
+                lambda _task, batch: live.batcher(batch),
                 task.routing.threshold if threshold is None else threshold,
             )
         try:
@@ -125,33 +140,56 @@ class GatewayCore:
                 self._emit_prediction(task, text, prediction, answer)
         return PredictResponse(task=task.name, predictions=predictions)
 
-    def _prediction(self, task: TaskSpec, pid: str, answer: RoutedAnswer, latency_ms: float) -> Prediction:
+    def _prediction(
+        self, task: TaskSpec, pid: str, answer: RoutedAnswer, latency_ms: float
+    ) -> Prediction:
         probs = answer.answer.probabilities
         best = int(np.argmax(probs))
         return Prediction(
-            prediction_id=pid, label=task.label_names[best], confidence=round(float(probs[best]), 6),
-            probabilities=top_k(task, probs, task.limits.top_k), served_by=answer.answer.model,
-            route=answer.route, latency_ms=round(latency_ms, 3),
+            prediction_id=pid,
+            label=task.label_names[best],
+            confidence=round(float(probs[best]), 6),
+            probabilities=top_k(task, probs, task.limits.top_k),
+            served_by=answer.answer.model,
+            route=answer.route,
+            latency_ms=round(latency_ms, 3),
         )
 
-    def _emit_prediction(self, task: TaskSpec, text: str, prediction: Prediction, answer: RoutedAnswer) -> None:
+    def _emit_prediction(
+        self, task: TaskSpec, text: str, prediction: Prediction, answer: RoutedAnswer
+    ) -> None:
         if self.publish is None:
             return
-        self.publish(PredictionEvent(
-            prediction_id=prediction.prediction_id, task=task.name, text=text, label=prediction.label,
-            probabilities=prediction.probabilities, route=prediction.route, served_by=prediction.served_by,
-            specialist=model_output(task, answer.specialist), foundation=model_output(task, answer.foundation),
-            shadow=answer.shadow, latency_ms=prediction.latency_ms,
-        ))
+        self.publish(
+            PredictionEvent(
+                prediction_id=prediction.prediction_id,
+                task=task.name,
+                text=text,
+                label=prediction.label,
+                probabilities=prediction.probabilities,
+                route=prediction.route,
+                served_by=prediction.served_by,
+                specialist=model_output(task, answer.specialist),
+                foundation=model_output(task, answer.foundation),
+                shadow=answer.shadow,
+                latency_ms=prediction.latency_ms,
+            )
+        )
 
-    async def _shadow(self, task: TaskSpec, text: str, prediction: Prediction, answer: RoutedAnswer) -> None:
+    async def _shadow(
+        self, task: TaskSpec, text: str, prediction: Prediction, answer: RoutedAnswer
+    ) -> None:
         """The FM's opinion on a specialist answer: recorded, never returned."""
         try:
             probs = (await self.foundation.score(task, [text]))[0]
             answer.foundation = ModelAnswer(self.foundation.ref or prediction.served_by, probs)
             if self.metrics:
-                self.metrics.shadow_run(task.name, task.label_names[int(np.argmax(probs))] == prediction.label)
-        except Exception:  # the answer was already given; a shadow failure only loses the comparison
+                self.metrics.shadow_run(
+                    task.name, task.label_names[int(np.argmax(probs))] == prediction.label
+                )
+        except (
+            Exception
+        ):  # the answer was already given; a shadow failure only loses the comparison
             log.exception("shadow FM run failed for %s", task.name)
             answer.shadow = False
         self._emit_prediction(task, text, prediction, answer)
@@ -168,10 +206,16 @@ class GatewayCore:
             raise UnknownPrediction(request.prediction_id)
         task = self.tasks[task_name]
         if request.label is not None and request.label not in task.label_names:
-            raise InputError(["body", "label"], f"{request.label!r} is not a label of task {task.name!r}")
+            raise InputError(
+                ["body", "label"], f"{request.label!r} is not a label of task {task.name!r}"
+            )
         event = FeedbackEvent(
-            prediction_id=request.prediction_id, task=task.name, verdict=request.verdict,
-            label=request.label, reviewer=request.reviewer, comment=request.comment,
+            prediction_id=request.prediction_id,
+            task=task.name,
+            verdict=request.verdict,
+            label=request.label,
+            reviewer=request.reviewer,
+            comment=request.comment,
         )
         if self.publish is not None:
             self.publish(event)
@@ -181,10 +225,15 @@ class GatewayCore:
     def summary(self, task: TaskSpec) -> TaskSummary:
         live = self.specialists.get(task.name)
         return TaskSummary(
-            name=task.name, description=task.description,
-            labels=[{"name": l.name, "description": l.description} for l in task.labels],
-            policy=task.routing.policy.value, threshold=task.routing.threshold,
-            shadow_rate=task.routing.shadow_rate, max_batch=task.limits.max_batch,
+            name=task.name,
+            description=task.description,
+            labels=[
+                {"name": label.name, "description": label.description} for label in task.labels
+            ],
+            policy=task.routing.policy.value,
+            threshold=task.routing.threshold,
+            shadow_rate=task.routing.shadow_rate,
+            max_batch=task.limits.max_batch,
             max_text_chars=task.limits.max_text_chars,
             models=TaskModels(
                 foundation=self.foundation.ref or ModelRef(model="foundation", version="loading"),

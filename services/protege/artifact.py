@@ -1,4 +1,4 @@
-"""The specialist: an ONNX Runtime session with its label map.
+"""The specialist artifact: the one format that training writes and serving reads.
 
 A specialist lives in a folder holding `model.onnx` and `model.json`:
 
@@ -10,13 +10,18 @@ A specialist lives in a folder holding `model.onnx` and `model.json`:
   [N, T]; a `tokenizer.json` then lies alongside). Its output named
   `probabilities` (else its last float output) is [N, C] class probabilities.
 
-Only ONNX and JSON are read here: no pickle ever reaches serving.
+Only ONNX and JSON are read and written here: no pickle ever reaches serving.
+`SpecialistFiles` is a specialist as bytes (a training job on another machine
+returns it); `Specialist` loads a folder and scores texts, for serving and for
+the improver's evaluation alike, so that what is measured is what serves.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +52,9 @@ class SpecialistMeta:
         try:
             raw = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
             return cls(
-                task=str(raw["task"]), model=str(raw["model"]), version=str(raw["version"]),
+                task=str(raw["task"]),
+                model=str(raw["model"]),
+                version=str(raw["version"]),
                 labels=[str(label) for label in raw["labels"]],
                 threshold=None if raw.get("threshold") is None else float(raw["threshold"]),
             )
@@ -144,3 +151,54 @@ class Specialist:
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         return self._run(texts)[:, self._columns]
+
+
+@dataclass(frozen=True)
+class SpecialistFiles:
+    """A specialist as bytes: its family name, the ONNX graph and any files alongside."""
+
+    model: str
+    onnx: bytes
+    extra: dict[str, bytes] = field(default_factory=dict)
+    params: dict[str, object] = field(default_factory=dict)  # what training chose, for the run
+
+    def write(
+        self,
+        folder: Path | str,
+        *,
+        task: str,
+        labels: list[str],
+        version: str,
+        threshold: float | None = None,
+    ) -> Path:
+        """Write `model.onnx`, `model.json` and the extra files; returns the folder."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write(folder / MODEL_FILE, self.onnx)
+        for name, data in self.extra.items():
+            _atomic_write(folder / name, data)
+        SpecialistMeta(
+            task=task, model=self.model, version=version, labels=list(labels), threshold=threshold
+        ).write(folder)
+        return folder
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.onnx) + sum(len(v) for v in self.extra.values())
+
+
+def update_meta(folder: Path | str, **changes) -> SpecialistMeta:
+    """Rewrite fields of a folder's `model.json` (e.g. `version`, `threshold`)."""
+    folder = Path(folder)
+    meta = SpecialistMeta.read(folder)
+    fields = {**meta.__dict__, **changes}
+    updated = SpecialistMeta(**fields)
+    updated.write(folder)
+    return updated
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)

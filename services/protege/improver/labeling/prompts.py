@@ -5,6 +5,8 @@ learns how far to trust each one.
 
 Scores are cached by (task, prompt, model, text) — in the example store when one is
 given — so every text is scored once per prompt and a change of threshold costs nothing.
+On CPU the FM is slow: a `budget` caps the texts an LF scores in one `prepare` (the
+newest first); it abstains on the others until a later round scores them.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from typing import Protocol
 
 import numpy as np
 
-from protege.config import PromptLFSpec, TaskSpec
-from protege.improver.labeling import DataPoint, LabelingFunction, Vote
+from protege.improver.data.records import DataPoint
+from protege.improver.labeling.functions import LabelingFunction, Vote
+from protege.taskspec import PromptLFSpec, TaskSpec
 
 
 class ScoreCache(Protocol):
@@ -66,6 +69,8 @@ class PromptLF(LabelingFunction):
         takes seconds).
     cache : where scores are kept between runs.
     model_name : part of the cache key; defaults to the backend's ``ref.model``.
+    budget : most uncached texts scored per `prepare` (the last points, i.e. the newest);
+        ``None``: all of them.
     """
 
     source = "prompt"
@@ -78,9 +83,10 @@ class PromptLF(LabelingFunction):
         cache: ScoreCache | None = None,
         model_name: str | None = None,
         max_batch: int = 4,
+        budget: int | None = None,
     ):
         super().__init__(
-            spec.name, task=task.name, description=f"prompt, threshold {spec.threshold}"
+            spec.name, self.vote, task=task.name, description=f"prompt, threshold {spec.threshold}"
         )
         self.spec = spec
         self.task_spec = task
@@ -88,7 +94,9 @@ class PromptLF(LabelingFunction):
         self.cache = cache if cache is not None else MemoryScoreCache()
         self.model_name = model_name
         self.max_batch = max_batch
+        self.budget = budget
         self.scored = 0  # texts sent to the FM (cache misses), for reports and tests
+        self._prepared: dict[str, np.ndarray] | None = None  # text -> probs, after prepare()
 
     @property
     def backend(self):
@@ -123,12 +131,22 @@ class PromptLF(LabelingFunction):
         top = int(np.argmax(probs))
         return self.task_spec.label_names[top] if probs[top] >= self.spec.threshold else None
 
-    def __call__(self, x: DataPoint) -> Vote:
-        return self.vote_from(self.scores([x.text])[0])
+    def prepare(self, points: Sequence[DataPoint]) -> None:
+        """Score the points' texts in batches: the cached ones, and up to `budget` more."""
+        texts = list(dict.fromkeys(x.text for x in points))
+        cached = self.cache.get_scores(self.key, texts)
+        missing = [t for t in texts if t not in cached]
+        chosen = missing[::-1] if self.budget is None else missing[::-1][: self.budget]
+        if chosen:
+            cached.update(zip(chosen, self.scores(chosen)))
+        self._prepared = cached
 
-    def apply(self, points: Sequence[DataPoint]) -> list[Vote]:
-        probs = self.scores([x.text for x in points])
-        return [self.vote_from(row) for row in probs]
+    def vote(self, x: DataPoint) -> Vote:
+        """After `prepare`: abstain on texts it did not score; before: score on demand."""
+        if self._prepared is None:
+            return self.vote_from(self.scores([x.text])[0])
+        probs = self._prepared.get(x.text)
+        return None if probs is None else self.vote_from(probs)
 
 
 def prompt_lfs(
@@ -136,5 +154,9 @@ def prompt_lfs(
     backend: object | Callable[[], object],
     cache: ScoreCache | None = None,
     model_name: str | None = None,
+    budget: int | None = None,
 ) -> list[LabelingFunction]:
-    return [PromptLF(spec, task, backend, cache, model_name) for spec in task.labeling.prompt_lfs]
+    return [
+        PromptLF(spec, task, backend, cache, model_name, budget=budget)
+        for spec in task.labeling.prompt_lfs
+    ]

@@ -23,8 +23,8 @@ from math import comb
 
 import numpy as np
 
-from protege.config import GateSpec
-from protege.improver.evaluate import Metrics
+from protege.improver.judge.evaluate import Metrics
+from protege.taskspec import GateSpec
 
 
 def mcnemar_exact_p(candidate_correct: np.ndarray, champion_correct: np.ndarray) -> float:
@@ -41,8 +41,9 @@ def mcnemar_exact_p(candidate_correct: np.ndarray, champion_correct: np.ndarray)
     return float(sum(comb(n, k) for k in range(b, n + 1)) / 2**n)
 
 
-def paired_bootstrap_p(candidate_correct: np.ndarray, champion_correct: np.ndarray,
-                       rounds: int = 2000, seed: int = 0) -> float:
+def paired_bootstrap_p(
+    candidate_correct: np.ndarray, champion_correct: np.ndarray, rounds: int = 2000, seed: int = 0
+) -> float:
     """One-sided paired bootstrap p-value: the share of resamples (examples drawn with
     replacement, both models together) in which the candidate does not gain."""
     diff = np.asarray(candidate_correct, float) - np.asarray(champion_correct, float)
@@ -64,9 +65,12 @@ class GateDecision:
 
     def metrics(self) -> dict[str, float | str | None]:
         """For the ModelEvent and the registry."""
-        return {"gate_passed": "yes" if self.passed else "no", "gain": self.gain,
-                "p_value": self.p_value,
-                "max_class_drop": max(self.class_drops.values(), default=0.0)}
+        return {
+            "gate_passed": "yes" if self.passed else "no",
+            "gain": self.gain,
+            "p_value": self.p_value,
+            "max_class_drop": max(self.class_drops.values(), default=0.0),
+        }
 
 
 def decide(
@@ -82,8 +86,9 @@ def decide(
     in the same order. Without a champion only the absolute floor applies."""
     reasons: list[str] = []
     if candidate.accuracy < spec.min_accuracy:
-        reasons.append(f"accuracy {candidate.accuracy:.4f} is below the minimum "
-                       f"{spec.min_accuracy:.4f}")
+        reasons.append(
+            f"accuracy {candidate.accuracy:.4f} is below the minimum {spec.min_accuracy:.4f}"
+        )
     if champion is None or champion_correct is None:
         return GateDecision(passed=not reasons, reasons=reasons)
 
@@ -93,21 +98,29 @@ def decide(
     if spec.test == "mcnemar":
         p_value = mcnemar_exact_p(candidate_correct, champion_correct)
     else:
-        p_value = paired_bootstrap_p(candidate_correct, champion_correct,
-                                     spec.bootstrap_rounds, seed)
+        p_value = paired_bootstrap_p(
+            candidate_correct, champion_correct, spec.bootstrap_rounds, seed
+        )
     if gain < spec.min_gain:
-        reasons.append(f"accuracy gain {gain:+.4f} over the champion "
-                       f"({champion.accuracy:.4f}) is below the required {spec.min_gain:+.4f}")
+        reasons.append(
+            f"accuracy gain {gain:+.4f} over the champion "
+            f"({champion.accuracy:.4f}) is below the required {spec.min_gain:+.4f}"
+        )
     if p_value >= spec.significance:
-        reasons.append(f"the gain is not significant: {spec.test} p = {p_value:.4f} "
-                       f">= {spec.significance}")
+        reasons.append(
+            f"the gain is not significant: {spec.test} p = {p_value:.4f} >= {spec.significance}"
+        )
     drops = {
         label: recall_before - candidate.per_class_recall.get(label, 0.0)
         for label, recall_before in champion.per_class_recall.items()
     }
     for label, drop in sorted(drops.items(), key=lambda kv: -kv[1]):
         if drop > spec.max_class_drop:
-            reasons.append(f"recall of {label} falls by {drop:.4f} "
-                           f"(> {spec.max_class_drop:.4f})")
-    return GateDecision(passed=not reasons, reasons=reasons, gain=gain, p_value=p_value,
-                        class_drops={k: v for k, v in drops.items() if v > 0})
+            reasons.append(f"recall of {label} falls by {drop:.4f} (> {spec.max_class_drop:.4f})")
+    return GateDecision(
+        passed=not reasons,
+        reasons=reasons,
+        gain=gain,
+        p_value=p_value,
+        class_drops={k: v for k, v in drops.items() if v > 0},
+    )

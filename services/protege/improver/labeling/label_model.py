@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from protege.config import LabelModelSpec
-from protege.improver.labeling import ABSTAIN
+from protege.improver.labeling.functions import ABSTAIN
+from protege.taskspec import LabelModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,12 @@ SNORKEL_MIN_LFS = 3
 
 
 def majority_proba(L: np.ndarray, cardinality: int) -> np.ndarray:
-    """Vote shares per label; uniform where nobody voted."""
-    counts = np.zeros((len(L), cardinality))
-    for j in range(L.shape[1]):
-        voted = L[:, j] != ABSTAIN
-        counts[np.flatnonzero(voted), L[voted, j]] += 1
-    totals = counts.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        probs = np.where(totals > 0, counts / np.maximum(totals, 1), 1.0 / cardinality)
-    return probs
+    """Snorkel's majority vote: the most voted label (ties split); uniform where nobody voted."""
+    from snorkel.labeling.model import MajorityLabelVoter
+
+    if not L.size:
+        return np.full((len(L), cardinality), 1.0 / cardinality)
+    return MajorityLabelVoter(cardinality=cardinality).predict_proba(L)
 
 
 @contextlib.contextmanager
@@ -58,6 +55,8 @@ def _torch_threads(n: int):
 
 
 class MajorityVote:
+    """Snorkel's ``MajorityLabelVoter`` behind the same fit/predict_proba as the others."""
+
     kind = "majority"
 
     def __init__(self, cardinality: int):
@@ -104,15 +103,6 @@ class SnorkelLabelModel:
             raise RuntimeError("fit the label model first")
         with _torch_threads(1):
             return np.asarray(self._model.predict_proba(L[:, self._active]), dtype=np.float64)
-
-    @property
-    def lf_accuracies(self) -> np.ndarray | None:
-        """Each LF's accuracy as the model learned it (no labels used)."""
-        if self._model is None:
-            return None
-        weights = np.full(len(self._active), np.nan)
-        weights[self._active] = self._model.get_weights()
-        return weights
 
 
 def to_labels(probs: np.ndarray, covered: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -174,6 +164,10 @@ class LabelModelFit:
 
     def labels(self, seed: int = 0) -> np.ndarray:
         return to_labels(self.probs, self.covered, seed)
+
+    def summary(self) -> dict:
+        """Which model was chosen and why, for the registry."""
+        return {"name": self.choice.get("chosen", self.kind), **self.choice}
 
 
 def make_model(kind: str, cardinality: int, spec: LabelModelSpec | None = None):

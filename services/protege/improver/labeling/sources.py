@@ -3,16 +3,15 @@ prompts to the foundation model, reviewer feedback and model votes."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 
-from protege.config import TaskSpec
-from protege.improver.feedback_lfs import feedback_lfs
-from protege.improver.labeling import LabelingFunction, lfs_from_modules
-from protege.improver.model_lfs import model_lfs
-from protege.improver.prompt_lfs import ScoreCache, prompt_lfs
-from protege.improver.rules import rule_lfs
-
-SOURCES = ("rule", "python", "prompt", "feedback", "model")
+from protege.improver.labeling.feedback import feedback_lfs
+from protege.improver.labeling.functions import SOURCES, LabelingFunction
+from protege.improver.labeling.models import model_lfs
+from protege.improver.labeling.prompts import ScoreCache, prompt_lfs
+from protege.improver.labeling.rules import rule_lfs
+from protege.taskspec import TaskSpec
 
 
 def task_lfs(
@@ -21,11 +20,13 @@ def task_lfs(
     backend: object | Callable[[], object] | None = None,
     cache: ScoreCache | None = None,
     model_name: str | None = None,
+    prompt_budget: int | None = None,
 ) -> list[LabelingFunction]:
     """The task's LFs from the chosen sources, in a stable order.
 
     `backend` (a FoundationBackend or a factory of one) is needed only for prompt LFs;
     without one they are built from the deployment's settings when first needed.
+    `prompt_budget` caps the new texts each prompt LF scores per apply.
     """
     unknown = set(sources) - set(SOURCES)
     if unknown:
@@ -38,7 +39,7 @@ def task_lfs(
     if "prompt" in sources and task.labeling.prompt_lfs:
         if backend is None:
             backend, model_name = _default_backend, model_name or default_model_name()
-        lfs += prompt_lfs(task, backend, cache, model_name)
+        lfs += prompt_lfs(task, backend, cache, model_name, budget=prompt_budget)
     if "feedback" in sources and task.labeling.feedback_votes:
         lfs += feedback_lfs(task)
     if "model" in sources:
@@ -50,7 +51,7 @@ def default_model_name() -> str:
     """The deployment's FM name without loading it, so cached prompt scores need no FM."""
     from pathlib import Path
 
-    from protege.config import Settings
+    from protege.settings import Settings
 
     settings = Settings()
     if settings.fm_model:
@@ -65,7 +66,26 @@ def default_model_name() -> str:
 
 
 def _default_backend():
-    from protege.config import Settings
     from protege.foundation.backend import create_backend
+    from protege.settings import Settings
 
     return create_backend(Settings())
+
+
+def lfs_from_modules(modules: Sequence[str], task: str | None = None) -> list[LabelingFunction]:
+    """The LFs defined at the top level of each module, for `task` (or for any task).
+
+    A module that cannot be imported is a configuration error and raises, naming it.
+    """
+    found: list[LabelingFunction] = []
+    for module_name in modules:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise ValueError(
+                f"cannot import labeling functions module {module_name!r}: {exc}"
+            ) from exc
+        for value in vars(module).values():
+            if isinstance(value, LabelingFunction) and value.task in (None, task):
+                found.append(value)
+    return found

@@ -39,8 +39,12 @@ class Metrics:
     def flat(self, prefix: str = "") -> dict[str, float]:
         """Numbers only, for MLflow metrics and event payloads: `{prefix}accuracy`, ...,
         `{prefix}recall.<label>`."""
-        out = {f"{prefix}accuracy": self.accuracy, f"{prefix}macro_f1": self.macro_f1,
-               f"{prefix}ece": self.ece, f"{prefix}n": float(self.n)}
+        out = {
+            f"{prefix}accuracy": self.accuracy,
+            f"{prefix}macro_f1": self.macro_f1,
+            f"{prefix}ece": self.ece,
+            f"{prefix}n": float(self.n),
+        }
         if self.p50_latency_ms is not None:
             out[f"{prefix}p50_latency_ms"] = self.p50_latency_ms
         out.update({f"{prefix}recall.{k}": v for k, v in self.per_class_recall.items()})
@@ -75,8 +79,12 @@ def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, bins: int = 
     return float(ece)
 
 
-def score(predictions: np.ndarray | Sequence, gold: Sequence, labels: Sequence[str],
-          p50_latency_ms: float | None = None) -> Metrics:
+def score(
+    predictions: np.ndarray | Sequence,
+    gold: Sequence,
+    labels: Sequence[str],
+    p50_latency_ms: float | None = None,
+) -> Metrics:
     """Metrics of [N, C] probabilities (or label indices) against gold labels
     (names or indices)."""
     labels = list(labels)
@@ -127,18 +135,26 @@ class Evaluation:
         return self.probabilities.argmax(axis=1)
 
 
-def evaluate_specialist(folder: Path | str, texts: Sequence[str], gold: Sequence,
-                        labels: Sequence[str], *, latency_samples: int = LATENCY_SAMPLES,
-                        batch_size: int = 256) -> Evaluation:
+def evaluate_specialist(
+    folder: Path | str,
+    texts: Sequence[str],
+    gold: Sequence,
+    labels: Sequence[str],
+    *,
+    latency_samples: int = LATENCY_SAMPLES,
+    batch_size: int = 256,
+) -> Evaluation:
     """Load the folder as serving does and score it on gold data.
 
     Raises `SpecialistLoadError` when the folder cannot serve."""
-    from protege.serving.specialist import Specialist
+    from protege.artifact import Specialist
 
     specialist = Specialist(folder, list(labels))
     texts = list(texts)
-    parts = [specialist.predict_proba(texts[i:i + batch_size])
-             for i in range(0, len(texts), batch_size)]
+    parts = [
+        specialist.predict_proba(texts[i : i + batch_size])
+        for i in range(0, len(texts), batch_size)
+    ]
     probs = np.concatenate(parts) if parts else np.zeros((0, len(labels)), np.float32)
     latency = p50_latency_ms(specialist, texts, latency_samples) if latency_samples else None
     return Evaluation(score(probs, gold, labels, latency), probs)
@@ -153,6 +169,8 @@ def side_by_side(metrics: dict[str, Metrics | None]) -> str:
             continue
         lat = "-" if m.p50_latency_ms is None else f"{m.p50_latency_ms:.2f}"
         worst = min(m.per_class_recall.values()) if m.per_class_recall else float("nan")
-        lines.append(f"{name:<12} {m.accuracy:>7.3f} {m.macro_f1:>8.3f} {m.ece:>7.3f} "
-                     f"{lat:>8} {worst:>11.3f}")
+        lines.append(
+            f"{name:<12} {m.accuracy:>7.3f} {m.macro_f1:>8.3f} {m.ece:>7.3f} "
+            f"{lat:>8} {worst:>11.3f}"
+        )
     return "\n".join(lines)

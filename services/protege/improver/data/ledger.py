@@ -23,8 +23,6 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from protege.config import RetrainSpec
-
 metadata = sa.MetaData()
 
 rounds = sa.Table(
@@ -71,24 +69,6 @@ class RoundState:
         )
 
 
-def due(state: RoundState, spec: RetrainSpec, feedback: int, events: int,
-        now: float) -> str | None:
-    """Why a round should start now (``requested``, ``feedback`` or ``timer``), or None.
-
-    `feedback` and `events` are the task's counts of stored feedback events and of all
-    stored events; the timer fires only when something arrived since the last round."""
-    if state.running(now):
-        return None
-    if state.requested:
-        return "requested"
-    if spec.every_feedback and feedback - state.feedback_at_start >= spec.every_feedback:
-        return "feedback"
-    if (spec.every_minutes and events > state.events_at_start
-            and now - (state.started_at or 0.0) >= 60.0 * spec.every_minutes):
-        return "timer"
-    return None
-
-
 class RoundLedger:
     """Per-task round state and training lease over a SQLAlchemy engine."""
 
@@ -110,8 +90,9 @@ class RoundLedger:
         try:
             with self.engine.begin() as conn:
                 if not conn.execute(sa.select(rounds.c.task).where(rounds.c.task == task)).first():
-                    conn.execute(rounds.insert().values(task=task, feedback_at_start=0,
-                                                        events_at_start=0))
+                    conn.execute(
+                        rounds.insert().values(task=task, feedback_at_start=0, events_at_start=0)
+                    )
         except IntegrityError:  # inserted concurrently
             pass
 
@@ -120,34 +101,67 @@ class RoundLedger:
         self._ensure_row(task)
         at = time.time() if now is None else now
         with self.engine.begin() as conn:
-            conn.execute(rounds.update()
-                         .where((rounds.c.task == task) & (rounds.c.requested_at.is_(None)
-                                                           | (rounds.c.requested_at < at)))
-                         .values(requested_at=at))
+            conn.execute(
+                rounds.update()
+                .where(
+                    (rounds.c.task == task)
+                    & (rounds.c.requested_at.is_(None) | (rounds.c.requested_at < at))
+                )
+                .values(requested_at=at)
+            )
 
-    def acquire(self, task: str, holder: str, *, lease_s: float, feedback: int, events: int,
-                trigger: str = "manual") -> bool:
+    def acquire(
+        self,
+        task: str,
+        holder: str,
+        *,
+        lease_s: float,
+        feedback: int,
+        events: int,
+        trigger: str = "manual",
+    ) -> bool:
         """Take the task's training lease; False when another holder's lease is live."""
         self._ensure_row(task)
         now = time.time()
         with self.engine.begin() as conn:
             taken = conn.execute(
                 rounds.update()
-                .where((rounds.c.task == task)
-                       & (rounds.c.holder.is_(None) | (rounds.c.lease_until < now)))
-                .values(holder=holder, lease_until=now + lease_s, started_at=now,
-                        feedback_at_start=feedback, events_at_start=events, trigger=trigger)
+                .where(
+                    (rounds.c.task == task)
+                    & (rounds.c.holder.is_(None) | (rounds.c.lease_until < now))
+                )
+                .values(
+                    holder=holder,
+                    lease_until=now + lease_s,
+                    started_at=now,
+                    feedback_at_start=feedback,
+                    events_at_start=events,
+                    trigger=trigger,
+                )
             )
             return taken.rowcount == 1
 
-    def release(self, task: str, holder: str, *, outcome: str, version: str | None = None,
-                detail: str | None = None) -> None:
+    def release(
+        self,
+        task: str,
+        holder: str,
+        *,
+        outcome: str,
+        version: str | None = None,
+        detail: str | None = None,
+    ) -> None:
         """End the holder's round with its outcome; requests made before it started are
         served by it."""
         with self.engine.begin() as conn:
             conn.execute(
                 rounds.update()
                 .where((rounds.c.task == task) & (rounds.c.holder == holder))
-                .values(holder=None, lease_until=None, finished_at=time.time(),
-                        outcome=outcome, version=version, detail=(detail or "")[:4000])
+                .values(
+                    holder=None,
+                    lease_until=None,
+                    finished_at=time.time(),
+                    outcome=outcome,
+                    version=version,
+                    detail=(detail or "")[:4000],
+                )
             )

@@ -20,10 +20,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from protege.config import TaskSpec
-from protege.improver.feedback_lfs import confirmed, correction
-from protege.improver.labeling import DataPoint
-from protege.improver.store import ExampleStore, GoldExample, text_hash
+from protege.improver.data.records import DataPoint, GoldExample, text_hash
+from protege.improver.data.reviews import confirmed, correction
+from protege.improver.data.store import ExampleStore
+from protege.taskspec import TaskSpec
 
 TRAIN, HOLDOUT = "train", "holdout"
 

@@ -15,43 +15,10 @@ as :func:`rejected_labels` and applied to the label model's output instead
 
 from __future__ import annotations
 
-from collections import Counter
-
-from protege.config import TaskSpec
-from protege.improver.labeling import DataPoint, LabelingFunction, Review, Vote
-
-
-def _counts(reviews: tuple[Review, ...]) -> tuple[int, int]:
-    up = sum(1 for r in reviews if r.verdict == "up" and r.label in (None, r.predicted))
-    down = sum(1 for r in reviews if r.verdict == "down" or r.label not in (None, r.predicted))
-    return up, down
-
-
-def correction(x: DataPoint) -> Vote:
-    labels = [r for r in x.reviews if r.label is not None and r.label != r.predicted]
-    if not labels:
-        return None
-    counts = Counter(r.label for r in labels)
-    best = max(counts.values())
-    latest = max((r for r in labels if counts[r.label] == best), key=lambda r: r.timestamp)
-    return latest.label
-
-
-def confirmed(x: DataPoint) -> Vote:
-    ups = [r for r in x.reviews if r.verdict == "up" and r.label in (None, r.predicted)]
-    up, down = _counts(x.reviews)
-    if not ups or up <= down:
-        return None
-    return max(ups, key=lambda r: r.timestamp).predicted
-
-
-def rejected_predictions(x: DataPoint) -> set[str]:
-    """Labels that reviewers said were wrong for this text (thumbs-down without a fix,
-    or the served label of a corrected prediction)."""
-    up, down = _counts(x.reviews)
-    if down <= up:
-        return set()
-    return {r.predicted for r in x.reviews if r.verdict == "down" and r.predicted is not None}
+from protege.improver.data.records import DataPoint
+from protege.improver.data.reviews import confirmed, correction, rejected_predictions
+from protege.improver.labeling.functions import LabelingFunction, Vote
+from protege.taskspec import TaskSpec
 
 
 def feedback_lfs(task: TaskSpec) -> list[LabelingFunction]:

@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
-from protege.config import TaskSpec
-from protege.improver.labeling import DataPoint, LabelingFunction, Vote
+from protege.improver.data.records import DataPoint
+from protege.improver.labeling.functions import LabelingFunction, Vote
+from protege.taskspec import TaskSpec
 
 
 def foundation_vote(x: DataPoint) -> Vote:

@@ -1,0 +1,35 @@
+"""Gather a task's examples from the store: one data point per distinct text of its
+traffic, plus the gold texts its owner imported that traffic never carried, and
+every gold label (see `protege.improver.data.gold`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protege.improver.data.gold import HOLDOUT, gold_examples
+from protege.improver.data.records import DataPoint, GoldExample, text_hash
+from protege.improver.data.store import ExampleStore
+from protege.taskspec import TaskSpec
+
+
+@dataclass(frozen=True)
+class Examples:
+    points: list[DataPoint]
+    gold: list[GoldExample]
+
+    def holdout_gold(self) -> list[GoldExample]:
+        """The exam: gold in the held-out split, never trained on."""
+        return [g for g in self.gold if g.split == HOLDOUT]
+
+
+def gather(store: ExampleStore, task: TaskSpec) -> Examples:
+    """The task's traffic and gold, from the store."""
+    points = store.points(task.name)
+    gold = gold_examples(store, task, points)
+    seen = {text_hash(x.text) for x in points}
+    points += [
+        DataPoint(g.text, uid=f"gold:{text_hash(g.text)[:12]}")
+        for g in gold
+        if text_hash(g.text) not in seen
+    ]
+    return Examples(points, gold)

@@ -1,0 +1,48 @@
+"""The records the improver reads out of the example store: a text with what the
+event log knows about it (`DataPoint`), a reviewer's verdict (`Review`) and a
+trusted label (`GoldExample`). Labeling functions see `DataPoint`s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+
+def text_hash(text: str) -> str:
+    """Identity of a text for dedupe, caching and the held-out split: whitespace-normalized."""
+    return hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Review:
+    """One reviewer's latest verdict on one prediction."""
+
+    reviewer: str
+    verdict: str  # "up" | "down"
+    predicted: str | None  # the label the reviewed prediction served
+    label: str | None = None  # the correction, when the reviewer gave one
+    timestamp: float = 0.0
+
+
+@dataclass(frozen=True)
+class DataPoint:
+    """What a labeling function sees: a text and what the event log knows about it."""
+
+    text: str
+    uid: str | None = None
+    served_label: str | None = None
+    foundation_label: str | None = None
+    foundation_confidence: float | None = None
+    specialist_label: str | None = None
+    specialist_confidence: float | None = None
+    reviews: tuple[Review, ...] = ()
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class GoldExample:
+    text: str
+    label: str
+    source: str  # "file:<name>", "review:correction" or "review:confirmed"
+    split: str  # "train" or "holdout", from the text's hash

@@ -1,0 +1,103 @@
+"""Label a task's examples: every labeling function votes on every data point, and the
+label model combines the votes into one probabilistic label per covered point.
+
+The label model is fitted on the ``train`` split only and chooses between Snorkel's
+model and majority vote on the train split's gold; ``holdout`` gold is left for the
+gate. On tasks with more than two labels a reviewer's bare thumbs-down rules its
+served label out of the example's probabilistic label.
+
+Example
+-------
+>>> from protege.improver.data.examples import Examples, gather
+>>> from protege.taskspec import load_tasks, DEFAULT_TASKS_FILE
+>>> task = load_tasks(DEFAULT_TASKS_FILE)["youtube-spam"]
+>>> labeled = label_examples(task, Examples([], []), lfs=[])
+>>> len(labeled.points)
+0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from protege.improver.data.examples import Examples, gather
+from protege.improver.data.gold import HOLDOUT, TRAIN, split_of
+from protege.improver.data.records import DataPoint, GoldExample, text_hash
+from protege.improver.data.store import ExampleStore
+from protege.improver.labeling.feedback import rejected_labels
+from protege.improver.labeling.functions import SOURCES, LabelingFunction, LabelMatrix, apply_lfs
+from protege.improver.labeling.label_model import LabelModelFit, exclude_labels, fit_label_model
+from protege.improver.labeling.sources import task_lfs
+from protege.taskspec import TaskSpec
+
+
+@dataclass
+class LabeledData:
+    """A task's data points with their votes and probabilistic labels."""
+
+    task: TaskSpec
+    points: list[DataPoint]
+    split: np.ndarray  # "train" | "holdout" per point
+    matrix: LabelMatrix
+    fit: LabelModelFit
+    probs: np.ndarray  # [N, C] probabilistic labels (meaningful where `labeled`)
+    labeled: np.ndarray  # covered by some LF and not ruled out by reviewers
+    gold: list[GoldExample]
+    gold_y: np.ndarray  # per point: gold label index, -1 when none
+
+    @property
+    def texts(self) -> list[str]:
+        return [x.text for x in self.points]
+
+    def training_rows(self) -> np.ndarray:
+        """Indices of points a specialist may train on: labeled and in the train split."""
+        return np.flatnonzero(self.labeled & (self.split == TRAIN))
+
+    def train_gold(self) -> list[GoldExample]:
+        return [g for g in self.gold if g.split == TRAIN]
+
+    def holdout_gold(self) -> list[GoldExample]:
+        return [g for g in self.gold if g.split == HOLDOUT]
+
+
+def label_examples(
+    task: TaskSpec, examples: Examples, lfs: Sequence[LabelingFunction]
+) -> LabeledData:
+    """Apply `lfs` to the examples' points and fit the task's label model (see module
+    docstring)."""
+    points, gold = list(examples.points), list(examples.gold)
+    fraction = task.labeling.holdout_fraction
+    split = np.array([split_of(x.text, fraction) for x in points], dtype=object)
+    index = {name: i for i, name in enumerate(task.label_names)}
+    gold_by_hash = {text_hash(g.text): index[g.label] for g in gold}
+    gold_y = np.array([gold_by_hash.get(text_hash(x.text), -1) for x in points], dtype=np.int64)
+
+    matrix = apply_lfs(lfs, task.label_names, points)
+    train = split == TRAIN
+    cardinality = len(task.labels)
+    fit = fit_label_model(
+        matrix.L[train],
+        cardinality,
+        task.labeling.label_model,
+        gold_L=matrix.L[train],
+        gold_y=gold_y[train],
+    )
+    probs = fit.model.predict_proba(matrix.L) if len(points) else np.zeros((0, cardinality))
+    labeled = matrix.covered.copy()
+    if cardinality > 2:
+        probs, still_valid = exclude_labels(probs, rejected_labels(task, points))
+        labeled &= still_valid
+    return LabeledData(task, points, split, matrix, fit, probs, labeled, gold, gold_y)
+
+
+def label_store(
+    task: TaskSpec, store: ExampleStore, sources: Sequence[str] = SOURCES, backend=None
+) -> LabeledData:
+    """Everything the store knows about `task`, labeled by its LFs from `sources` (prompt
+    LF scores are cached in the store): what `protege lf report` and `protege errors` show."""
+    return label_examples(
+        task, gather(store, task), task_lfs(task, sources, backend=backend, cache=store)
+    )

@@ -1,0 +1,86 @@
+"""Where a round's training runs: in the improver's process, or as a Ray task with the
+task's resource request (`training.num_gpus` / `num_cpus`), so that on a cluster it
+lands on a GPU worker. The specialist comes back as bytes (`Candidate.files`) either way.
+
+Ray appears only here; `distill.train_specialist` is plain Python that tests call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import cache
+
+from protege.improver.training.dataset import TrainingSet
+from protege.improver.training.distill import Candidate, train_specialist
+from protege.settings import Settings
+from protege.taskspec import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def _remote_train():
+    import ray
+
+    return ray.remote(train_specialist)
+
+
+def train_on_ray(task: TaskSpec, train: TrainingSet, *, progress: bool = True) -> Candidate:
+    """`train_specialist` as a Ray task with the task's `training.num_gpus`/`num_cpus`.
+
+    Uses the running Ray (the Serve cluster, `ray.init(address=...)`); starts a local
+    one when there is none, as any Ray call does."""
+    import ray
+
+    spec = task.training
+    ref = (
+        _remote_train()
+        .options(
+            num_gpus=spec.num_gpus,
+            num_cpus=spec.num_cpus,
+            name=f"train-{task.name}",
+        )
+        .remote(task.name, train, spec, progress=progress)
+    )
+    return ray.get(ref)
+
+
+def train_candidate(
+    task: TaskSpec, train: TrainingSet, *, use_ray: bool = False, progress: bool = False
+) -> Candidate:
+    """Distill `train` into the task's specialist families, here or on Ray."""
+    if use_ray:
+        return train_on_ray(task, train, progress=progress)
+    return train_specialist(task.name, train, task.training, progress=progress)
+
+
+def should_use_ray(task: TaskSpec, settings: Settings) -> bool:
+    """Ray when asked (`improver_ray`), or, on `auto`, when connected to a cluster
+    (RAY_ADDRESS or an initialized Ray) and either the task wants GPUs (only Ray has
+    them; an autoscaler may still be adding them) or its CPUs are free right now (a
+    CPU request that cannot be placed would wait behind Serve's replicas forever)."""
+    if settings.improver_ray == "never":
+        return False
+    if settings.improver_ray == "always":
+        return True
+    try:
+        import ray
+    except ImportError:
+        return False
+    if not (ray.is_initialized() or os.environ.get("RAY_ADDRESS")):
+        return False
+    if task.training.num_gpus > 0:
+        return True
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)  # connects to RAY_ADDRESS
+    free = ray.available_resources().get("CPU", 0.0)
+    if free < task.training.num_cpus:
+        log.info(
+            "%s: %.1f free Ray CPUs < %.1f asked: training in-process",
+            task.name,
+            free,
+            task.training.num_cpus,
+        )
+        return False
+    return True

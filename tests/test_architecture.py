@@ -1,0 +1,103 @@
+"""The layout is the architecture (ARCHITECTURE.md): each folder one concern, imports
+running one way, down the layers. This reads every module's imports and fails on an
+arrow that points up or sideways."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "services" / "protege"
+
+BOTTOM = {"schemas", "taskspec", "settings", "datasets", "artifact", "protege"}
+# What each unit may import besides itself; a unit is a top-level module or folder of
+# protege, or a folder of protege.improver.
+ALLOWED = {
+    "schemas": set(),
+    "taskspec": set(),
+    "datasets": set(),
+    "settings": {"taskspec"},
+    "artifact": {"schemas"},
+    "events": {"schemas", "settings"},
+    "foundation": {"schemas", "settings", "taskspec"},
+    "registry": {"artifact", "schemas"},
+    "serving": BOTTOM | {"events", "foundation", "registry"},
+    # The improver's folders, bottom to top: data, labeling, training, judge, then the
+    # round (loop), its triggers and the service.
+    "improver.data": BOTTOM | {"events"},
+    "improver.labeling": BOTTOM | {"foundation", "improver.data"},
+    "improver.training": BOTTOM | {"improver.data", "improver.labeling"},
+    "improver.judge": BOTTOM | {"improver.data", "improver.labeling", "improver.training"},
+    "improver.triggers": BOTTOM | {"improver.data"},
+    "improver.loop": BOTTOM
+    | {
+        "foundation",
+        "registry",
+        "improver.data",
+        "improver.labeling",
+        "improver.training",
+        "improver.judge",
+    },
+    "improver.service": BOTTOM
+    | {"events", "registry", "improver.data", "improver.loop", "improver.triggers"},
+    "tasks": {"improver.labeling"},  # the shipped tasks' Python labeling functions
+    "stack": BOTTOM | {"events", "serving"},
+    "demo": BOTTOM | {"events", "improver.data", "stack"},
+    "commands": None,  # the top: anything
+    "cli": None,
+}
+
+
+def unit_of(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "protege":
+        return None
+    if len(parts) == 1:
+        return "protege"
+    if parts[1] == "improver" and len(parts) > 2:
+        return "improver." + parts[2]
+    return parts[1]
+
+
+def imports() -> list[tuple[str, str, str]]:
+    """(unit, imported unit, file) for every `from protege... import`."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        module = ".".join(p for p in parts if p != "__init__")
+        source = unit_of(module)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                target = unit_of(node.module)
+                if target and target != source:
+                    found.append((source, target, str(path.relative_to(PACKAGE))))
+    return found
+
+
+def test_every_unit_has_a_rule():
+    units = {source for source, _, _ in imports()} | {t for _, t, _ in imports()}
+    assert units - set(ALLOWED) <= {"protege"}, sorted(units - set(ALLOWED))
+
+
+@pytest.mark.parametrize("source", sorted(k for k, v in ALLOWED.items() if v is not None))
+def test_imports_run_down_the_layers(source):
+    wrong = sorted(
+        {
+            (target, path)
+            for s, target, path in imports()
+            if s == source and target not in ALLOWED[source]
+        }
+    )
+    assert not wrong, f"{source} must not import {wrong}"
+
+
+def test_serving_and_improver_never_import_each_other():
+    crossing = [
+        (s, t, p)
+        for s, t, p in imports()
+        if (s == "serving" and t.startswith("improver"))
+        or (s.startswith("improver") and t == "serving")
+    ]
+    assert not crossing, crossing
