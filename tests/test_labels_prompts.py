@@ -41,7 +41,7 @@ def test_scores_are_cached_so_each_text_is_scored_once_per_prompt(tmp_path):
     backend = RecordingBackend(lambda t: [0.9, 0.1])
     points = [DataPoint(t) for t in ("a", "b", "a")]
     (lf, _) = prompt_lfs(YOUTUBE, backend, cache=store)
-    lf.apply(points)
+    apply_lfs([lf], YOUTUBE.label_names, points)
     assert lf.scored == 2
     again = PromptLF(
         YOUTUBE.labeling.prompt_lfs[0],
@@ -50,7 +50,8 @@ def test_scores_are_cached_so_each_text_is_scored_once_per_prompt(tmp_path):
         store,
         model_name="fake-fm",
     )
-    assert again.apply(points) == ["HAM", "HAM", "HAM"] and again.scored == 0
+    votes = apply_lfs([again], YOUTUBE.label_names, points).L[:, 0].tolist()
+    assert votes == [0, 0, 0] and again.scored == 0
 
 
 def test_a_failing_fm_makes_the_prompt_lf_abstain_and_counts_every_example():

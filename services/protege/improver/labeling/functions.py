@@ -97,18 +97,8 @@ class LabelingFunction(snorkel.labeling.LabelingFunction):
         index = {name: i for i, name in enumerate(label_names)}
         logged = 0
 
-        def vote_index(x: DataPoint) -> int:
+        def error(x: DataPoint, problem: str, exc_info: bool = False) -> int:
             nonlocal logged
-            try:
-                vote = self(x)
-            except Exception:
-                if not self.fault_tolerant:
-                    raise
-                vote, problem = None, "raised"
-            else:
-                if vote is None or vote in index:
-                    return ABSTAIN if vote is None else index[vote]
-                problem = f"voted {vote!r}, not a label of the task"
             self.errors += 1
             if logged < LOGGED_ERRORS_PER_LF:
                 logged += 1
@@ -117,9 +107,22 @@ class LabelingFunction(snorkel.labeling.LabelingFunction):
                     self.name,
                     problem,
                     x.text[:80],
-                    exc_info=problem == "raised",
+                    exc_info=exc_info,
                 )
             return ABSTAIN
+
+        def vote_index(x: DataPoint) -> int:
+            try:
+                vote = self(x)
+            except Exception:
+                if not self.fault_tolerant:
+                    raise
+                return error(x, "raised", exc_info=True)
+            if vote is None:
+                return ABSTAIN
+            if vote not in index:
+                return error(x, f"voted {vote!r}, not a label of the task")
+            return index[vote]
 
         return snorkel.labeling.LabelingFunction(self.name, vote_index)
 
