@@ -8,7 +8,7 @@ export RAY_AUTH_MODE ?= disabled
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test bench install clean
+.PHONY: run test lint bench install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,8 +29,15 @@ install: $(STAMP)
 run: $(STAMP)
 	PROTEGE_AUTH_DISABLED=$${PROTEGE_AUTH_DISABLED:-true} $(BIN)/protege demo $(ARGS)
 
+# Lint first (seconds), then the suite.
 test: $(STAMP)
+	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff format --check services tests bench
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff format --check services tests bench
 
 # Every benchmark script in bench/, in turn (common.py and _*.py are helpers, not benchmarks).
 bench: $(STAMP)

@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_results
 from foundation import timed_scores
 
-# ../shared/data/README.md (test accuracy, %): what the literature and the data's
+# services/protege/data/README.md (test accuracy, %): what the literature and the data's
 # curators measured, quoted so that the table reads without that folder.
 PUBLISHED = {
     "youtube-spam": {

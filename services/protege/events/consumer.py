@@ -255,13 +255,3 @@ class EventConsumer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def wait_for_events(consumer: EventConsumer, count: int, timeout_s: float = 30.0) -> list[Event]:
-    """Poll and commit until `count` new events arrived or the deadline passed (tests, tools)."""
-    events: list[Event] = []
-    deadline = time.monotonic() + timeout_s
-    while len(events) < count and time.monotonic() < deadline:
-        events.extend(consumer.poll(min(0.5, max(0.0, deadline - time.monotonic()))))
-        consumer.commit()
-    return events
