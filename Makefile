@@ -31,13 +31,13 @@ run: $(STAMP)
 
 # Lint first (seconds), then the suite.
 test: $(STAMP)
-	$(BIN)/ruff check services tests bench
-	$(BIN)/ruff format --check services tests bench
+	$(BIN)/ruff check services tests bench deploy
+	$(BIN)/ruff format --check services tests bench deploy
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check services tests bench
-	$(BIN)/ruff format --check services tests bench
+	$(BIN)/ruff check services tests bench deploy
+	$(BIN)/ruff format --check services tests bench deploy
 
 # Every benchmark script in bench/, in turn (common.py and _*.py are helpers, not benchmarks).
 bench: $(STAMP)

@@ -5,7 +5,8 @@ The Ray Serve application and the pieces shared by the Ray head and worker group
 {{/*
 serveConfigV2: the same document `serve deploy` takes (deploy/serve-config.yaml is its
 hand-written twin). Built as data and printed with toYaml, so that quoting is never wrong.
-Replicas find their worker group by the Ray node label protege.io/pool.
+Replicas find their worker group by the Ray node label protege.io/pool; the application's
+args carry the settings and the tasks, so that a change to them is applied in place.
 */}}
 {{- define "protege.serveConfig" -}}
 {{- $fm := .Values.foundationModel }}
@@ -26,7 +27,7 @@ Replicas find their worker group by the Ray node label protege.io/pool.
 {{- else }}
 {{- $_ := set $foundation "num_replicas" (int $fm.replicas) }}
 {{- end }}
-{{- $app := dict "name" "protege" "route_prefix" "/" "import_path" .Values.serve.importPath "args" .Values.serve.args "deployments" (list $gateway $foundation) }}
+{{- $app := dict "name" "protege" "route_prefix" "/" "import_path" .Values.serve.importPath "args" (include "protege.serveArgs" . | fromJson) "deployments" (list $gateway $foundation) }}
 {{- $config := dict "proxy_location" "EveryNode" "http_options" (dict "host" "0.0.0.0" "port" 8000) "applications" (list $app) }}
 {{- toYaml $config }}
 {{- end }}
@@ -56,20 +57,90 @@ affinity:
 {{- end }}
 {{- end }}
 
-{{/* Container fields shared by Ray containers (KubeRay supplies the `ray start` command). */}}
+{{/* Metadata of a Ray pod template: (dict "ctx" $ "component" "ray-head") */}}
+{{- define "protege.rayPodMetadata" -}}
+labels:
+  {{- include "protege.rayPodLabels" (dict "ctx" .ctx "component" .component) | nindent 2 }}
+{{- with .ctx.Values.rayCluster.podAnnotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment of a Ray container by role (dict "ctx" $ "role" "head|cpu|gpu|train").
+Settings are not here but in serveConfigV2. The head builds the application (build_app reads
+its environment and hands the settings to the replicas), so it carries the secrets the
+Gateway needs; CPU workers run the Gateway. GPU workers (the FM on vLLM) and training
+workers get no Protégé secret at all.
+*/}}
+{{- define "protege.rayEnv" -}}
+{{- $ := .ctx -}}
+{{- include "protege.env.paths" $ }}
+{{- if has .role (list "head" "cpu") }}
+{{- include "protege.env.signingSecret" $ | nindent 0 }}
+{{- include "protege.env.kafkaPassword" $ }}
+{{- include "protege.env.openaiKey" $ }}
+{{- end }}
+{{- if eq .role "gpu" }}
+- name: HF_HOME
+  value: {{ include "protege.hfHome" $ }}
+{{- if or $.Values.foundationModel.modelCache.prefetch $.Values.foundationModel.modelCache.existingClaim }}
+# The init container fetched the weights: vLLM never reaches for the hub.
+- name: HF_HUB_OFFLINE
+  value: "1"
+{{- end }}
+{{- else if eq .role "train" }}
+{{- include "protege.env.hfToken" $ }}
+{{- else }}
+- name: HF_HUB_OFFLINE
+  value: "1"
+{{- end }}
+{{- with $.Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- with $.Values.rayCluster.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* A Ray container: (dict "ctx" $ "role" ... "name" "ray-worker" "image" ... "pullPolicy" ... "resources" ...) */}}
 {{- define "protege.rayContainer" -}}
 {{- $ := .ctx -}}
-securityContext:
-  {{- toYaml $.Values.securityContext | nindent 2 }}
-envFrom:
-  - configMapRef:
-      name: {{ include "protege.fullname" $ }}-env
-env:
-  # Clusters often have no egress; Ray's usage report is not needed.
-  - name: RAY_USAGE_STATS_ENABLED
-    value: "0"
-  {{- include "protege.env" $ | trim | nindent 2 }}
-  {{- with $.Values.rayCluster.extraEnv }}
-  {{- toYaml . | nindent 2 }}
+- name: {{ .name }}
+  image: {{ .image }}
+  imagePullPolicy: {{ .pullPolicy }}
+  securityContext:
+    {{- toYaml $.Values.securityContext | nindent 4 }}
+  env:
+    {{- include "protege.rayEnv" (dict "ctx" $ "role" .role) | trim | nindent 4 }}
+  ports:
+    {{- if eq .role "head" }}
+    {{- include "protege.rayHeadPorts" $ | nindent 4 }}
+    {{- else }}
+    {{- include "protege.rayWorkerPorts" $ | nindent 4 }}
+    {{- end }}
+  resources:
+    {{- toYaml .resources | nindent 4 }}
+  {{- if has .role (list "head" "cpu") }}
+  # Before Ray stops: wait (bounded) until this pod's gateways have sent their spooled events.
+  lifecycle:
+    preStop:
+      exec:
+        command: ["protege", "events", "drain", "--spool-dir", {{ include "protege.spoolPath" $ | quote }}, "--timeout-s", {{ $.Values.rayCluster.spool.drainTimeoutSeconds | quote }}]
   {{- end }}
+  volumeMounts:
+    {{- include "protege.volumeMounts" (dict "ctx" $ "role" .role) | trim | nindent 4 }}
+    {{- if eq .role "gpu" }}
+    - name: model-cache
+      mountPath: {{ include "protege.hfHome" $ }}
+    - name: dshm
+      mountPath: /dev/shm
+    {{- end }}
+{{- end }}
+
+{{/* Resources of a GPU pod: the values' plus the nvidia.com/gpu limit. */}}
+{{- define "protege.gpuResources" -}}
+{{- $limits := merge (dict "nvidia.com/gpu" (int .gpus)) (deepCopy (.resources.limits | default dict)) }}
+{{- toYaml (merge (dict "limits" $limits) (omit .resources "limits")) }}
 {{- end }}
