@@ -80,7 +80,8 @@ def serving_app(tmp_path_factory, kafka_broker):
     settings = Settings(
         home=home,
         http_port=free_port(),
-        api_keys=";".join(f"{role}-key={role}" for role in ("predict", "feedback", "admin")),
+        # Each key is an identity: the feedback key is the reviewer "ana".
+        api_keys="predict:predict-key=predict;ana:feedback-key=feedback;ops:admin-key=admin",
         signing_secret="test-secret-of-at-least-16-bytes",
         kafka_bootstrap=kafka_broker.bootstrap,
         kafka_topic_predictions=f"app.{suffix}.predictions",

@@ -9,9 +9,14 @@ import threading
 import numpy as np
 import pytest
 
-from protege.serving.auth import ApiKeys, parse_key_list
+from protege.serving.auth import ApiKeys, Identity, key_digest, parse_key_list
 from protege.serving.batching import MicroBatcher
 from protege.settings import Settings
+
+
+def roles(keys: ApiKeys, key: str) -> frozenset[str]:
+    identity = keys.identify(key)
+    return identity.roles if identity else frozenset()
 
 
 def test_keys_from_the_environment_and_a_secret_file(tmp_path):
@@ -20,21 +25,44 @@ def test_keys_from_the_environment_and_a_secret_file(tmp_path):
     keys = ApiKeys.from_settings(
         Settings(api_keys="env-key=predict, feedback", api_keys_file=secret)
     )
-    assert keys.roles_of("env-key") == {"predict", "feedback"}
-    assert keys.roles_of("file-key") == {"feedback"} and keys.roles_of("ops-key") == {"admin"}
-    assert keys.roles_of("env-key ") == frozenset() and keys.roles_of("") == frozenset()
+    assert roles(keys, "env-key") == {"predict", "feedback"}
+    assert roles(keys, "file-key") == {"feedback"}
+    assert roles(keys, "ops-key") == {"predict", "feedback", "trusted", "admin"}
+    assert roles(keys, "env-key ") == frozenset() and roles(keys, "") == frozenset()
+
+
+def test_each_key_is_an_identity_with_a_name(tmp_path):
+    secret = tmp_path / "keys.yaml"
+    secret.write_text(
+        "keys:\n"
+        "  - {name: bea, sha256: " + key_digest("bea-key") + ", roles: [trusted]}\n"
+        "  - {name: ops, key: ops-key, roles: admin}\n"
+    )
+    keys = ApiKeys.from_settings(
+        Settings(api_keys="ana:ana-key=feedback;k=predict", api_keys_file=secret)
+    )
+    ana, bea, anonymous = keys.identify("ana-key"), keys.identify("bea-key"), keys.identify("k")
+    assert ana == Identity("ana", frozenset({"feedback"})) and not ana.trusted
+    assert bea.name == "bea" and bea.trusted and bea.has("feedback") and not bea.has("admin")
+    assert keys.identify("ops-key").name == "ops"
+    assert anonymous.name == "key-" + key_digest("k")[:8]
+
+
+def test_two_keys_cannot_share_a_name():
+    with pytest.raises(ValueError, match="unique"):
+        ApiKeys.from_settings(Settings(api_keys="ana:k1=feedback;ana:k2=predict"))
 
 
 def test_yaml_secret_file(tmp_path):
     secret = tmp_path / "keys.yaml"
     secret.write_text("k1: [predict]\nk2: [predict, feedback]\n")
-    assert ApiKeys.from_settings(Settings(api_keys_file=secret)).roles_of("k2") == {
+    assert roles(ApiKeys.from_settings(Settings(api_keys_file=secret)), "k2") == {
         "predict",
         "feedback",
     }
 
 
-@pytest.mark.parametrize("bad", ["no-equals-sign", "=predict"])
+@pytest.mark.parametrize("bad", ["no-equals-sign", "=predict", ":k=predict"])
 def test_malformed_key_list_is_rejected(bad):
     with pytest.raises(ValueError, match="KEY=role"):
         parse_key_list(bad)
@@ -42,7 +70,7 @@ def test_malformed_key_list_is_rejected(bad):
 
 def test_unknown_role_is_rejected():
     with pytest.raises(ValueError, match="unknown roles"):
-        ApiKeys({"k": frozenset({"superuser"})})
+        parse_key_list("k=superuser")
 
 
 def test_disabling_auth_says_so_loudly(caplog):

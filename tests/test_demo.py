@@ -382,7 +382,7 @@ def test_the_owners_gold_goes_into_the_runs_store(tmp_path, monkeypatch):
     store.close()
 
 
-def test_a_run_has_its_own_home_and_with_auth_on_its_own_key(tmp_path, monkeypatch):
+def test_a_run_has_its_own_home_and_with_auth_on_a_key_per_reviewer(tmp_path, monkeypatch):
     monkeypatch.setenv("PROTEGE_AUTH_DISABLED", "false")
     settings, headers = demo_settings(DemoOptions(port=18123), tmp_path)
     assert settings.home == tmp_path / "home" and settings.http_port == 18123
@@ -393,10 +393,16 @@ def test_a_run_has_its_own_home_and_with_auth_on_its_own_key(tmp_path, monkeypat
         str(settings.events_spool_dir),
     ):
         assert str(tmp_path / "home") in derived
-    key = headers["Authorization"].removeprefix("Bearer ")
-    assert f"{key}=predict,feedback" in settings.api_keys
+    from protege.serving.auth import ApiKeys
+
+    keys = ApiKeys.from_settings(settings)
+    client = keys.identify(headers.pop("client")["Authorization"].removeprefix("Bearer "))
+    assert client.name == "demo-client" and client.roles == {"predict"}
+    for name, header in headers.items():  # every reviewer is their own key
+        reviewer = keys.identify(header["Authorization"].removeprefix("Bearer "))
+        assert reviewer.name == name and reviewer.has("feedback") and not reviewer.trusted
     monkeypatch.setenv("PROTEGE_AUTH_DISABLED", "true")
-    assert demo_settings(DemoOptions(port=18123), tmp_path)[1] == {}
+    assert all(h == {} for h in demo_settings(DemoOptions(port=18123), tmp_path)[1].values())
 
 
 def test_settings_env_gives_a_child_process_the_same_settings(tmp_path, monkeypatch):

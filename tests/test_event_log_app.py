@@ -79,7 +79,7 @@ def test_1000_predictions_and_300_feedback_arrive_exactly(serving_app, client, c
     assert len(set(ids)) == 1000
     reviewed = ids[::3][:300]
     for k, pid in enumerate(reviewed):
-        body = {"prediction_id": pid, "verdict": "up" if k % 2 else "down", "reviewer": f"r{k % 7}"}
+        body = {"prediction_id": pid, "verdict": "up" if k % 2 else "down"}
         assert client.post("/v1/feedback", json=body).status_code == 200
     events = read_events(serving_app.settings, set(ids), feedback_for=set(reviewed))
     predictions = [e for evs in events.values() for e in evs if isinstance(e, PredictionEvent)]
@@ -88,6 +88,8 @@ def test_1000_predictions_and_300_feedback_arrive_exactly(serving_app, client, c
         len({e.event_id for e in predictions}) == 1000
         and len({e.event_id for e in feedback}) == 300
     )
+    # The reviewer is the key that sent the verdict (conftest: feedback-key is "ana").
+    assert {(e.reviewer, e.trusted) for e in feedback} == {("ana", False)}
     by_id = {e.prediction_id: e for e in predictions}
     assert set(by_id) == set(ids) and {e.prediction_id for e in feedback} == set(reviewed)
     sample = by_id[ids[0]]

@@ -7,6 +7,7 @@ import pytest
 
 from protege.foundation.transformers_backend import TransformersBackend
 from protege.schemas import FeedbackEvent, FeedbackRequest, PredictionEvent, Route
+from protege.serving.auth import Identity
 from protege.serving.foundation_client import LocalFoundation
 from protege.serving.gateway import GatewayCore, InputError, UnknownPrediction
 from protege.serving.prediction_ids import PredictionIds
@@ -94,21 +95,21 @@ def test_escalated_events_carry_both_outputs_and_direct_ones_only_the_answerer(
 def test_feedback_event_names_the_task_from_the_signed_id(tmp_path, foundation):
     core, events = make_core(tmp_path, foundation, None)
     pid = core.ids.new("banking77")
+    ana = Identity("ana", frozenset({"feedback", "trusted"}))
     event = core.feedback(
-        FeedbackRequest(prediction_id=pid, verdict="down", label="card_arrival", reviewer="r")
+        FeedbackRequest(prediction_id=pid, verdict="down", label="card_arrival"), ana
     )
     assert isinstance(event, FeedbackEvent) and event.task == "banking77" and events == [event]
+    assert event.reviewer == "ana" and event.trusted
     with pytest.raises(InputError):
-        core.feedback(
-            FeedbackRequest(prediction_id=pid, verdict="down", label="SPAM", reviewer="r")
-        )
+        core.feedback(FeedbackRequest(prediction_id=pid, verdict="down", label="SPAM"), ana)
     with pytest.raises(UnknownPrediction):
         core.feedback(
             FeedbackRequest(
                 prediction_id=PredictionIds(b"another-secret-key-0").new("banking77"),
                 verdict="up",
-                reviewer="r",
-            )
+            ),
+            ana,
         )
 
 

@@ -153,7 +153,6 @@ def promoted(serving_app, client, improver, registry) -> dict:
         truth, answer = train.labels[i], served[i]
         body = {
             "prediction_id": answer["prediction_id"],
-            "reviewer": "gold",
             "verdict": "up" if answer["label"] == truth else "down",
             "label": None if answer["label"] == truth else truth,
         }

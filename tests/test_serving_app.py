@@ -101,6 +101,18 @@ def test_feedback_on_a_real_prediction_is_accepted(client):
     assert response.json()["task"] == "youtube-spam" and response.json()["accepted"] is True
 
 
+def test_a_feedback_key_cannot_post_as_another_reviewer(client):
+    pid = predict(client, "youtube-spam", {"text": "nice song"}).json()["predictions"][0][
+        "prediction_id"
+    ]
+    body = {"prediction_id": pid, "verdict": "up"}
+    impostor = client.post(
+        "/v1/feedback", headers=as_("feedback"), json={**body, "reviewer": "bea"}
+    )
+    assert impostor.status_code == 403 and "'ana'" in impostor.json()["detail"]
+    assert client.post("/v1/feedback", headers=as_("feedback"), json=body).status_code == 200
+
+
 def test_feedback_on_forged_id_is_404(client):
     pid = predict(client, "youtube-spam", {"text": "nice song"}).json()["predictions"][0][
         "prediction_id"

@@ -98,7 +98,12 @@ class FeedbackRequest(Body):
     prediction_id: str = Field(min_length=1, max_length=200)
     verdict: Verdict
     label: str | None = Field(default=None, description="The correct label, when it differs.")
-    reviewer: str = Field(min_length=1, max_length=200)
+    reviewer: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Optional: must equal the name of the API key that sends the verdict "
+        "(the reviewer is the key, never a field a client fills in).",
+    )
     comment: str | None = Field(default=None, max_length=2000)
 
 
@@ -179,7 +184,10 @@ class FeedbackEvent(Event):
     task: str
     verdict: Verdict
     label: str | None = None
-    reviewer: str
+    reviewer: str = Field(description="The name of the API key that sent the verdict.")
+    trusted: bool = Field(
+        default=False, description="The key holds the `trusted` role: its verdicts may grade."
+    )
     comment: str | None = None
 
     @property

@@ -76,9 +76,12 @@ class Settings(BaseSettings):
     # Auth
     auth_disabled: bool = False
     api_keys: str | None = Field(
-        default=None, description="'KEY=role,role;KEY2=admin' (roles: predict, feedback, admin)."
+        default=None,
+        description="'[name:]KEY=role,role;...' (roles: predict, feedback, trusted, admin).",
     )
-    api_keys_file: Path | None = Field(default=None, description="JSON or YAML {key: [roles]}.")
+    api_keys_file: Path | None = Field(
+        default=None, description="JSON or YAML {keys: [{name, key or sha256, roles}]}."
+    )
     signing_secret: str | None = Field(
         default=None, description="HMAC key for prediction ids; generated under home when unset."
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from protege.demo.options import DemoOptions
+from protege.demo.reviewers import DEFAULT_NAMES
 from protege.settings import Settings
 from protege.taskspec import load_tasks
 
@@ -27,8 +28,11 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def demo_settings(options: DemoOptions, folder: Path) -> tuple[Settings, dict[str, str]]:
-    """The run's settings and the client's headers."""
+def demo_settings(
+    options: DemoOptions, folder: Path, reviewers: Sequence[str] = DEFAULT_NAMES
+) -> tuple[Settings, dict[str, dict[str, str]]]:
+    """The run's settings and each client's headers: `"client"` predicts, and every
+    reviewer sends verdicts with a key of their own (the reviewer is the key)."""
     from protege.events.broker import free_port
 
     base = Settings()
@@ -41,11 +45,13 @@ def demo_settings(options: DemoOptions, folder: Path) -> tuple[Settings, dict[st
         "http_port": port,
         "tasks_file": write_tasks_file(base.tasks_file, options, folder),
     }
-    headers: dict[str, str] = {}
+    headers: dict[str, dict[str, str]] = {"client": {}, **{name: {} for name in reviewers}}
     if not base.auth_disabled:
-        key = f"demo-{secrets.token_urlsafe(16)}"
-        overrides["api_keys"] = ";".join(filter(None, [base.api_keys, f"{key}=predict,feedback"]))
-        headers["Authorization"] = f"Bearer {key}"
+        keys = {who: f"demo-{secrets.token_urlsafe(16)}" for who in headers}
+        entries = [f"demo-client:{keys['client']}=predict"]
+        entries += [f"{name}:{keys[name]}=feedback" for name in reviewers]
+        overrides["api_keys"] = ";".join(filter(None, [base.api_keys, *entries]))
+        headers = {who: {"Authorization": f"Bearer {key}"} for who, key in keys.items()}
     return Settings(**overrides), headers
 
 

@@ -67,6 +67,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
     folder = run_folder(options)
     quiet_logging(folder)
     settings, headers = demo_settings(options, folder)
+    client_headers = headers.pop("client")
     task = settings.load_tasks()[options.task]
     items = stream(options.task, options.split, options.seed)
     gold, items = items[: options.gold], items[options.gold :][: options.limit]
@@ -118,7 +119,8 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
             reviewers,
             record,
             concurrency=options.concurrency,
-            headers=headers,
+            headers=client_headers,
+            reviewer_headers=headers,
             deadline_s=60 * options.max_minutes,
         )
         stage = "replaying"

@@ -63,6 +63,7 @@ class Replay:
         *,
         concurrency: int = 4,
         headers: dict[str, str] | None = None,
+        reviewer_headers: dict[str, dict[str, str]] | None = None,
         deadline_s: float | None = None,
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -74,6 +75,7 @@ class Replay:
         self.record = record
         self.concurrency = max(1, concurrency)
         self.headers = headers or {}
+        self.reviewer_headers = reviewer_headers or {}
         self.deadline_s = deadline_s
         self.clock = clock
         self.transport = transport
@@ -132,7 +134,11 @@ class Replay:
         if review is None:
             return
         try:
-            sent = await client.post("/v1/feedback", json=review.body(prediction["prediction_id"]))
+            sent = await client.post(
+                "/v1/feedback",
+                json=review.body(prediction["prediction_id"]),
+                headers=self.reviewer_headers.get(review.reviewer),
+            )
         except httpx.HTTPError as exc:
             self.record.add_error(f"feedback {type(exc).__name__}")
             return

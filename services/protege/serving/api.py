@@ -20,7 +20,7 @@ from protege.schemas import (
     TaskSummary,
 )
 from protege.serving.admin_api import build_admin_router
-from protege.serving.auth import ApiKeys, require
+from protege.serving.auth import ApiKeys, Identity, require
 from protege.serving.champion_watcher import ChampionWatcher
 from protege.serving.gateway import GatewayCore, InputError, UnknownPrediction
 from protege.taskspec import TaskSpec
@@ -47,6 +47,18 @@ class Utf8Route(APIRoute):
             return await handler(request)
 
         return checked
+
+
+def reviewer_of(identity: Identity, claimed: str | None, auth_disabled: bool) -> Identity:
+    """Who a verdict is from: the key's identity. A `reviewer` in the body must match it;
+    only with auth disabled (local demos) does the body name the reviewer (never trusted)."""
+    if auth_disabled:
+        return Identity(claimed, identity.roles - {"trusted"}) if claimed else identity
+    if claimed is not None and claimed != identity.name:
+        raise HTTPException(
+            403, f"reviewer {claimed!r} is not this API key's identity {identity.name!r}"
+        )
+    return identity
 
 
 def build_api(
@@ -82,13 +94,15 @@ def build_api(
         "/v1/feedback",
         response_model=FeedbackResponse,
         responses=ERRORS,
-        dependencies=[Depends(require("feedback"))],
         tags=["feedback"],
     )
-    async def feedback(body: FeedbackRequest) -> FeedbackResponse:
-        """Thumbs up or down on a prediction, with an optional corrected label."""
+    async def feedback(
+        body: FeedbackRequest, identity: Identity = Depends(require("feedback"))
+    ) -> FeedbackResponse:
+        """Thumbs up or down on a prediction, with an optional corrected label. The
+        reviewer is the API key's name; a `reviewer` in the body must equal it."""
         try:
-            event = core.feedback(body)
+            event = core.feedback(body, reviewer_of(identity, body.reviewer, api_keys.disabled))
         except UnknownPrediction:
             raise HTTPException(404, "unknown prediction_id") from None
         return FeedbackResponse(

@@ -23,6 +23,7 @@ from protege.schemas import (
     TaskModels,
     TaskSummary,
 )
+from protege.serving.auth import Identity
 from protege.serving.foundation_client import FoundationClient
 from protege.serving.metrics import ServingMetrics
 from protege.serving.prediction_ids import PredictionIds
@@ -200,7 +201,8 @@ class GatewayCore:
         task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------------ feedback
-    def feedback(self, request: FeedbackRequest) -> FeedbackEvent:
+    def feedback(self, request: FeedbackRequest, reviewer: Identity) -> FeedbackEvent:
+        """The verdict as an event from `reviewer` (who sent it, not what the body says)."""
         task_name = self.ids.task_of(request.prediction_id)
         if task_name is None or task_name not in self.tasks:
             raise UnknownPrediction(request.prediction_id)
@@ -214,7 +216,8 @@ class GatewayCore:
             task=task.name,
             verdict=request.verdict,
             label=request.label,
-            reviewer=request.reviewer,
+            reviewer=reviewer.name,
+            trusted=reviewer.trusted,
             comment=request.comment,
         )
         if self.publish is not None:
