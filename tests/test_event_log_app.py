@@ -88,8 +88,9 @@ def test_1000_predictions_and_300_feedback_arrive_exactly(serving_app, client, c
         len({e.event_id for e in predictions}) == 1000
         and len({e.event_id for e in feedback}) == 300
     )
-    # The reviewer is the key that sent the verdict (conftest: feedback-key is "ana").
-    assert {(e.reviewer, e.trusted) for e in feedback} == {("ana", False)}
+    # The reviewer is the key that sent the verdict: conftest's admin key "ops" (admin
+    # implies the trusted role).
+    assert {(e.reviewer, e.trusted) for e in feedback} == {("ops", True)}
     by_id = {e.prediction_id: e for e in predictions}
     assert set(by_id) == set(ids) and {e.prediction_id for e in feedback} == set(reviewed)
     sample = by_id[ids[0]]
