@@ -114,3 +114,27 @@ def test_up_with_a_bad_setting_says_which(tmp_path):
     up = protege("up", env={"PROTEGE_HTTP_PORT": "eighty", "PROTEGE_HOME": str(tmp_path)})
     assert up.returncode == 2 and "Traceback" not in up.stderr
     assert "PROTEGE_HTTP_PORT" in up.stderr
+
+
+def test_inline_tasks_replace_the_file_and_name_their_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROTEGE_TASKS_FILE", str(tmp_path / "absent.yaml"))
+    monkeypatch.setenv("PROTEGE_TASKS_INLINE", SHIPPED)
+    assert load_settings().load_tasks() == load_tasks(DEFAULT_TASKS_FILE)
+
+    monkeypatch.setenv("PROTEGE_TASKS_INLINE", SHIPPED.replace("max_batch: 64", "max_batch: x", 1))
+    with pytest.raises(TasksFileError) as info:
+        load_settings().load_tasks()
+    (line,) = str(info.value).splitlines()
+    assert line.startswith("PROTEGE_TASKS_INLINE: task 'youtube-spam': limits.max_batch: ")
+
+    monkeypatch.setenv("PROTEGE_TASKS_INLINE", "tasks:\n  - name: x\n  - : [\n")
+    with pytest.raises(TasksFileError, match=r"^PROTEGE_TASKS_INLINE:3:\d+: not valid YAML"):
+        load_settings().load_tasks()
+
+
+def test_tasks_check_checks_the_inline_tasks(unquoted_comma):
+    bad = protege("tasks", "check", env={"PROTEGE_TASKS_INLINE": unquoted_comma.read_text()})
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("error: PROTEGE_TASKS_INLINE: task 'youtube-spam': labels[0].")
+    good = protege("tasks", "check", env={"PROTEGE_TASKS_INLINE": SHIPPED})
+    assert good.returncode == 0 and "PROTEGE_TASKS_INLINE: 2 task(s), valid" in good.stdout

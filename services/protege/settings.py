@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from protege.taskspec import DEFAULT_TASKS_FILE, TaskSpec, load_tasks
+from protege.taskspec import DEFAULT_TASKS_FILE, TaskSpec, load_tasks, parse_tasks
 
 ENV_PREFIX = "PROTEGE_"
 
@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         description="Converted model weights; shared by every home on the machine.",
     )
     tasks_file: Path = DEFAULT_TASKS_FILE
+    tasks_inline: str | None = Field(
+        default=None,
+        description="The tasks file's YAML as text, read instead of tasks_file: a Serve "
+        "argument reaches replicas in place, a mounted file only when the kubelet refreshes it.",
+    )
     http_host: str = "127.0.0.1"
     http_port: int = 8000
 
@@ -209,6 +214,9 @@ class Settings(BaseSettings):
         return self.home / "models"
 
     def load_tasks(self) -> dict[str, TaskSpec]:
+        """The tasks: `tasks_inline` when set, else the `tasks_file`."""
+        if self.tasks_inline is not None:
+            return parse_tasks(self.tasks_inline, f"{ENV_PREFIX}TASKS_INLINE")
         return load_tasks(self.tasks_file)
 
 

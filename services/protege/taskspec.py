@@ -381,19 +381,27 @@ def load_tasks(path: Path | str) -> dict[str, TaskSpec]:
     """Read and validate a tasks YAML file (see `TasksFileError`)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise TasksFileError(f"{path}: tasks file not found") from None
     except OSError as exc:
         raise TasksFileError(f"{path}: cannot read the tasks file: {exc.strerror}") from None
+    return parse_tasks(text, str(path))
+
+
+def parse_tasks(text: str, source: str) -> dict[str, TaskSpec]:
+    """Validate tasks YAML (or JSON) text; `source` names it in every error line (a file's
+    path, or the setting the text came from)."""
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise TasksFileError(
-            f"{path}{_yaml_position(exc)}: not valid YAML: {_yaml_problem(exc)}"
+            f"{source}{_yaml_position(exc)}: not valid YAML: {_yaml_problem(exc)}"
         ) from None
     try:
         parsed = TasksFile.model_validate(raw)
     except ValidationError as exc:
-        problems = [_describe(path, raw, error) for error in exc.errors()]
+        problems = [_describe(source, raw, error) for error in exc.errors()]
         raise TasksFileError("\n".join(problems)) from None
     return {task.name: task for task in parsed.tasks}
 
@@ -408,10 +416,10 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return "; ".join(p for p in parts if p) or str(exc)
 
 
-def _describe(path: Path, raw: object, error: dict) -> str:
-    """'FILE: task NAME: FIELD: what is wrong' for one pydantic error."""
+def _describe(source: str, raw: object, error: dict) -> str:
+    """'SOURCE: task NAME: FIELD: what is wrong' for one pydantic error."""
     loc = list(error["loc"])
-    where = f"{path}"
+    where = source
     if len(loc) >= 2 and loc[0] == "tasks" and isinstance(loc[1], int):
         index = loc[1]
         name = _task_name(raw, index)

@@ -8,7 +8,7 @@ import argparse
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", help="Task name, as in the tasks file.")
     parser.add_argument("--store", help="SQLAlchemy URL of the example store (default: settings).")
-    parser.add_argument("--tasks-file", help="Tasks YAML (default: settings' tasks_file).")
+    parser.add_argument("--tasks-file", help="Tasks YAML (default: the settings' tasks).")
 
 
 def open_task(args: argparse.Namespace):
@@ -18,7 +18,7 @@ def open_task(args: argparse.Namespace):
     from protege.taskspec import load_tasks
 
     settings = Settings()
-    tasks = load_tasks(args.tasks_file or settings.tasks_file)
+    tasks = load_tasks(args.tasks_file) if args.tasks_file else settings.load_tasks()
     if args.task not in tasks:
         raise SystemExit(f"unknown task {args.task!r}; tasks: {', '.join(sorted(tasks))}")
     return settings, tasks[args.task], ExampleStore(args.store or settings.store_url)
