@@ -22,7 +22,7 @@ ALLOWED = {
     "artifact": {"schemas"},
     "events": {"schemas", "settings"},
     "foundation": {"schemas", "settings", "taskspec"},
-    "registry": {"artifact", "schemas"},
+    "registry": {"artifact", "schemas", "settings"},
     "serving": BOTTOM | {"events", "foundation", "registry"},
     # The improver's folders, bottom to top: data, labeling, training, judge, then the
     # round (loop), its triggers and the service.

@@ -277,16 +277,8 @@ def pending_settings() -> frozenset[str]:
     return frozenset(re.findall(r"^\| `(PROTEGE_[A-Z0-9_]+)`", text, re.M))
 
 
-# Read by `protege improver` itself rather than by Settings.
-IMPROVER_ONLY_SETTINGS = {"PROTEGE_IMPROVER_GROUP"}
-
-
 def known_settings() -> set[str]:
-    return (
-        {f"PROTEGE_{name.upper()}" for name in Settings.model_fields}
-        | set(pending_settings())
-        | IMPROVER_ONLY_SETTINGS
-    )
+    return {f"PROTEGE_{name.upper()}" for name in Settings.model_fields} | set(pending_settings())
 
 
 # --- lint and render -------------------------------------------------------------------------
@@ -1517,13 +1509,19 @@ def test_two_releases_get_disjoint_topics_groups_and_model_names(releases):
     assert one["namespace"] != two["namespace"]
 
 
-def test_an_explicit_namespace_gives_the_names_of_protege_outside_kubernetes():
+def test_an_explicit_namespace_gives_the_names_of_protege_outside_kubernetes(monkeypatch):
     names = shared_names(manifests_of(render_raw(gitops({"protegeNamespace": "protege"}))))
-    fields = Settings.model_fields
-    assert names["kafka_topic_predictions"] == fields["kafka_topic_predictions"].default
-    assert names["kafka_topic_feedback"] == fields["kafka_topic_feedback"].default
-    assert names["kafka_topic_models"] == fields["kafka_topic_models"].default
-    assert names["group"] == "protege-improver"
+    outside = settings_from({}, {}, monkeypatch)  # no PROTEGE_* variable at all
+    assert names["kafka_topic_predictions"] == outside.kafka_topic_predictions
+    assert names["kafka_topic_feedback"] == outside.kafka_topic_feedback
+    assert names["kafka_topic_models"] == outside.kafka_topic_models
+    assert names["group"] == outside.improver_group == "protege-improver"
+    # The chart's explicit names are the ones the namespace alone derives.
+    derived = settings_from({"PROTEGE_NAMESPACE": f"{NAMESPACE}.{RELEASE}"}, {}, monkeypatch)
+    rendered_names = shared_names(rendered("default"))
+    assert rendered_names["namespace"] == derived.namespace
+    assert rendered_names["kafka_topic_models"] == derived.kafka_topic_models
+    assert rendered_names["group"] == derived.improver_group
 
 
 # --- training: its own worker group ----------------------------------------------------------

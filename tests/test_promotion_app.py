@@ -30,7 +30,7 @@ from protege.events.consumer import EventConsumer
 from protege.improver.loop import run_round
 from protege.improver.service import ImproverService
 from protege.improver.training import TrainingSet, train_specialist
-from protege.registry import CHAMPION, Registry, registered_name
+from protege.registry import CHAMPION, Registry
 from protege.schemas import ModelAction, ModelEvent
 from protege.taskspec import TrainingSpec
 
@@ -192,7 +192,7 @@ def test_replayed_traffic_and_reviews_make_a_champion_that_serves(
 
     # What MLflow kept: parameters, LF report, label-model choice, metrics, the ONNX.
     run = registry.client.get_run(
-        registry.client.get_model_version(registered_name(TASK), version).run_id
+        registry.client.get_model_version(registry.registered_name(TASK), version).run_id
     )
     assert run.data.params["label_model"] in ("snorkel", "majority")
     assert run.data.params["chosen_family"] == "tfidf"

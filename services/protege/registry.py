@@ -1,9 +1,11 @@
 """The model registry: MLflow runs, one registered model per task, aliases.
 
-- Each training round is an MLflow run in experiment `protege-<task>`: parameters,
+- Each training round is an MLflow run in experiment `<namespace>-<task>`
+  (`Settings.namespace`, default `protege`): parameters,
   the LF report, the label-model choice, metrics and the specialist folder (ONNX,
   `model.json`, tokenizer) as artifacts under `specialist/`.
-- Each run's specialist is a version of the registered model `protege-<task>`.
+- Each run's specialist is a version of the registered model `<namespace>-<task>`;
+  deployments with namespaces of their own share an MLflow server without meeting.
 - Alias `champion` is what serves; `challenger` is the latest candidate.
   Promotion and rollback move `champion` (instant) and return a `ModelEvent`;
   the previous champions are kept in a tag so that rollback needs no argument.
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from protege.artifact import META_FILE, SpecialistMeta, update_meta
 from protege.schemas import ModelAction, ModelEvent, ModelRef
+from protege.settings import DEFAULT_NAMESPACE
 
 # No telemetry or git lookups from a service that may have no network.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -50,8 +53,9 @@ class RegistryError(RuntimeError):
     """A registry operation cannot be done; the message says why."""
 
 
-def registered_name(task: str) -> str:
-    return f"protege-{task}"
+def registered_name(task: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The task's registered model and experiment in MLflow."""
+    return f"{namespace}-{task}"
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class Registry:
     >>> version = registry.log_candidate("youtube-spam", folder, metrics={...})  # doctest: +SKIP
     >>> event = registry.promote("youtube-spam", version)  # doctest: +SKIP
     >>> registry.download("youtube-spam")  # doctest: +SKIP
-    PosixPath('~/.protege/models/youtube-spam/1')
+    PosixPath('~/.protege/models/protege-youtube-spam/1')
     """
 
     def __init__(
@@ -85,10 +89,12 @@ class Registry:
         tracking_uri: str,
         artifact_root: str | None = None,
         cache_dir: Path | str | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
     ):
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri
+        self.namespace = namespace
         self.artifact_root = artifact_root.rstrip("/") if artifact_root else None
         self.cache_dir = (
             Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "protege-models"
@@ -97,12 +103,20 @@ class Registry:
 
     @classmethod
     def from_settings(cls, settings) -> Registry:
-        return cls(settings.mlflow_tracking_uri, settings.mlflow_artifact_root, settings.models_dir)
+        return cls(
+            settings.mlflow_tracking_uri,
+            settings.mlflow_artifact_root,
+            settings.models_dir,
+            namespace=settings.namespace,
+        )
+
+    def registered_name(self, task: str) -> str:
+        return registered_name(task, self.namespace)
 
     # ------------------------------------------------------------------ writing
 
     def _experiment_id(self, task: str) -> str:
-        name = registered_name(task)
+        name = self.registered_name(task)
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
@@ -118,7 +132,7 @@ class Registry:
     def _ensure_registered_model(self, task: str) -> None:
         from mlflow.exceptions import MlflowException
 
-        name = registered_name(task)
+        name = self.registered_name(task)
         try:
             self.client.get_registered_model(name)
         except MlflowException:
@@ -188,7 +202,7 @@ class Registry:
                 self.client.log_dict(run_id, _jsonable(report), "report.json")
             source = f"{run.info.artifact_uri}/{ARTIFACT_DIR}"
             version = self.client.create_model_version(
-                registered_name(task),
+                self.registered_name(task),
                 source,
                 run_id=run_id,
                 tags={"protege.model": meta.model, "protege.status": "candidate"},
@@ -200,10 +214,12 @@ class Registry:
                     update_meta(staged, version=str(version))
                     self.client.log_artifacts(run_id, str(staged), ARTIFACT_DIR)
             except Exception:
-                self.client.delete_model_version(registered_name(task), version)
+                self.client.delete_model_version(self.registered_name(task), version)
                 raise
             if set_challenger:
-                self.client.set_registered_model_alias(registered_name(task), CHALLENGER, version)
+                self.client.set_registered_model_alias(
+                    self.registered_name(task), CHALLENGER, version
+                )
             self.client.set_terminated(run_id, "FINISHED")
             return str(version)
         except Exception:
@@ -216,7 +232,7 @@ class Registry:
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.client.get_model_version(registered_name(task), str(version))
+            return self.client.get_model_version(self.registered_name(task), str(version))
         except MlflowException as exc:
             raise RegistryError(f"{task}: no version {version}") from exc
 
@@ -225,19 +241,19 @@ class Registry:
         from mlflow.exceptions import MlflowException
 
         try:
-            model = self.client.get_registered_model(registered_name(task))
+            model = self.client.get_registered_model(self.registered_name(task))
         except MlflowException:
             return None
         version = model.aliases.get(alias)
         return None if version is None else str(version)
 
     def _history(self, task: str) -> list[str]:
-        model = self.client.get_registered_model(registered_name(task))
+        model = self.client.get_registered_model(self.registered_name(task))
         return json.loads(model.tags.get(HISTORY_TAG, "[]"))
 
     def _set_history(self, task: str, history: list[str]) -> None:
         self.client.set_registered_model_tag(
-            registered_name(task), HISTORY_TAG, json.dumps(history[-HISTORY_LENGTH:])
+            self.registered_name(task), HISTORY_TAG, json.dumps(history[-HISTORY_LENGTH:])
         )
 
     def _event(
@@ -270,7 +286,7 @@ class Registry:
         publish: Publish | None,
         remember_previous: bool,
     ) -> ModelEvent:
-        name = registered_name(task)
+        name = self.registered_name(task)
         self._version(task, version)
         previous = self.alias_version(task, CHAMPION)
         if remember_previous and previous and previous != str(version):
@@ -332,7 +348,7 @@ class Registry:
         self._set_history(task, history)
         if current is not None:  # a rolled-back version may be rolled forward again
             self.client.set_model_version_tag(
-                registered_name(task), current, "protege.status", "rolled_back_from"
+                self.registered_name(task), current, "protege.status", "rolled_back_from"
             )
         return self._move_champion(
             task,
@@ -354,7 +370,7 @@ class Registry:
         publish: Publish | None = None,
     ) -> ModelEvent:
         """Record a gate rejection on the version; the champion is untouched."""
-        name = registered_name(task)
+        name = self.registered_name(task)
         self.client.set_model_version_tag(name, str(version), "protege.status", "rejected")
         self.client.set_model_version_tag(
             name, str(version), "protege.reasons", json.dumps(reasons)[:5000]
@@ -370,7 +386,7 @@ class Registry:
         """Every version of the task's model, newest first."""
         from mlflow.exceptions import MlflowException
 
-        name = registered_name(task)
+        name = self.registered_name(task)
         try:
             aliases = self.client.get_registered_model(name).aliases
         except MlflowException:
@@ -405,13 +421,14 @@ class Registry:
     ) -> Path:
         """A local folder holding the specialist that `alias` (or `version`) names.
 
-        Cached under `cache_dir/<task>/<version>`: versions never change, so a folder
-        that is there is reused. Raises RegistryError when the alias is unset."""
+        Cached under `cache_dir/<registered name>/<version>`: versions never change, so a
+        folder that is there is reused (another namespace's version 1 is another folder).
+        Raises RegistryError when the alias is unset."""
         version = version or self.alias_version(task, alias)
         if version is None:
             raise RegistryError(f"{task}: no model has alias {alias!r}")
         mv = self._version(task, version)
-        target = Path(dst) if dst else self.cache_dir / task / str(version)
+        target = Path(dst) if dst else self.cache_dir / self.registered_name(task) / str(version)
         if (target / META_FILE).exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from protege.taskspec import DEFAULT_TASKS_FILE, TaskSpec, load_tasks, parse_tasks
 
 ENV_PREFIX = "PROTEGE_"
+DEFAULT_NAMESPACE = "protege"
 
 
 class SettingsError(ValueError):
@@ -28,6 +29,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
+    namespace: str = Field(
+        default=DEFAULT_NAMESPACE,
+        pattern=r"^[a-z0-9][a-z0-9.-]{0,99}$",
+        description="Prefix of every name deployments may share (topics, consumer groups, "
+        "MLflow models and experiments), so that two on one Kafka or MLflow stay apart.",
+    )
     home: Path = Field(default=Path.home() / ".protege", description="Models, caches, spool.")
     cache_dir: Path = Field(
         default=Path.home() / ".cache" / "protege",
@@ -109,9 +116,22 @@ class Settings(BaseSettings):
     kafka_client_options: dict = Field(
         default_factory=dict, description="Extra kafka-python client arguments, passed through."
     )
-    kafka_topic_predictions: str = "protege.predictions"
-    kafka_topic_feedback: str = "protege.feedback"
-    kafka_topic_models: str = "protege.models"
+    kafka_topic_predictions: str | None = Field(
+        default=None, validate_default=True, description="Default <namespace>.predictions."
+    )
+    kafka_topic_feedback: str | None = Field(
+        default=None, validate_default=True, description="Default <namespace>.feedback."
+    )
+    kafka_topic_models: str | None = Field(
+        default=None, validate_default=True, description="Default <namespace>.models."
+    )
+
+    @field_validator("kafka_topic_predictions", "kafka_topic_feedback", "kafka_topic_models")
+    @classmethod
+    def _topic_in_namespace(cls, value: str | None, info: ValidationInfo) -> str:
+        kind = info.field_name.removeprefix("kafka_topic_")
+        return value or f"{info.data.get('namespace', DEFAULT_NAMESPACE)}.{kind}"
+
     kafka_partitions: int = Field(default=3, gt=0, description="For topics created at start.")
     kafka_replication_factor: int = Field(default=1, gt=0)
     kafka_ack_timeout_s: float = Field(
@@ -200,6 +220,18 @@ class Settings(BaseSettings):
         description="Train as a Ray task: auto = when connected to Ray (RAY_ADDRESS or an "
         "initialized Ray) and either the task asks for GPUs or its CPUs are free now.",
     )
+    improver_group: str | None = Field(
+        default=None,
+        validate_default=True,
+        description="The improver's Kafka consumer group (retrain requests: <group>-requests); "
+        "default <namespace>-improver.",
+    )
+
+    @field_validator("improver_group")
+    @classmethod
+    def _group_in_namespace(cls, value: str | None, info: ValidationInfo) -> str:
+        return value or f"{info.data.get('namespace', DEFAULT_NAMESPACE)}-improver"
+
     improver_check_s: float = Field(
         default=5.0, gt=0.0, description="How often the improver checks each task's triggers."
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -40,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run", help="Ingest events and retrain on the triggers (the default command)."
     )
     run.add_argument("--store", help="SQLAlchemy URL (default: settings' store_url).")
-    run.add_argument("--group", default=None, help="Consumer group (default protege-improver).")
+    run.add_argument(
+        "--group", default=None, help="Consumer group (default: PROTEGE_IMPROVER_GROUP)."
+    )
     run.add_argument(
         "--batch-size", type=int, default=500, help="Most events per store transaction."
     )
@@ -84,10 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     one.set_defaults(handler=handle_round)
 
 
-def _group(args: argparse.Namespace) -> str:
-    from protege.improver.data.ingest import DEFAULT_GROUP_ID
-
-    return args.group or os.environ.get("PROTEGE_IMPROVER_GROUP") or DEFAULT_GROUP_ID
+def _group(args: argparse.Namespace, settings) -> str:
+    return args.group or settings.improver_group
 
 
 def handle_run(args: argparse.Namespace) -> int:
@@ -102,7 +101,9 @@ def handle_run(args: argparse.Namespace) -> int:
     store = ExampleStore(args.store or settings.store_url)
     if not args.ingest_only:
         return _serve(args, settings, store)
-    ingestor = Ingestor(store, settings, group_id=_group(args), max_records=args.batch_size)
+    ingestor = Ingestor(
+        store, settings, group_id=_group(args, settings), max_records=args.batch_size
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -139,7 +140,9 @@ def _serve(args: argparse.Namespace, settings, store) -> int:
     """The whole loop: intake, retrain requests, rounds on their triggers."""
     from protege.improver.service import ImproverService
 
-    service = ImproverService(settings, _tasks(args, settings), store=store, group_id=_group(args))
+    service = ImproverService(
+        settings, _tasks(args, settings), store=store, group_id=_group(args, settings)
+    )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: service._stop.set())
     print(

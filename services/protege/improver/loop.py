@@ -48,7 +48,7 @@ from protege.improver.labeling.sources import default_model_name, task_lfs
 from protege.improver.training.dataset import TrainingSet
 from protege.improver.training.distill import Candidate
 from protege.improver.training.jobs import should_use_ray, train_candidate
-from protege.registry import CHAMPION, Publish, Registry, RegistryError, registered_name
+from protege.registry import CHAMPION, Publish, Registry, RegistryError
 from protege.schemas import ModelEvent
 from protege.settings import Settings
 from protege.taskspec import TaskSpec
@@ -221,7 +221,7 @@ def record(
 ) -> None:
     """Keep the LF report in the store, and the round's own facts (trigger, where the
     FM's answers came from, data counts) with the MLflow run."""
-    run_id = registry.client.get_model_version(registered_name(task.name), version).run_id
+    run_id = registry.client.get_model_version(registry.registered_name(task.name), version).run_id
     store.save_report(
         task.name, "lf_report", {**report, "run_id": run_id, "version": version}, run_id=run_id
     )

@@ -2,10 +2,11 @@
 
 Three threads:
 
-- intake: `Ingestor` consumes `protege.predictions` and `protege.feedback` into the
-  example store (group `protege-improver`, commits after the store has them);
-- requests: consumes `protege.models` for `RetrainRequest`s (group
-  `protege-improver-requests`: one improver replica takes each) and records them in
+- intake: `Ingestor` consumes `<ns>.predictions` and `<ns>.feedback` into the
+  example store (group `Settings.improver_group`, by default `<ns>-improver`; it
+  commits after the store has them);
+- requests: consumes `<ns>.models` for `RetrainRequest`s (group
+  `<group>-requests`: one improver replica takes each) and records them in
   the store's `RoundLedger`, so that a restart does not lose one;
 - rounds: every `Settings.improver_check_s` (at once after a request) asks each task
   whether a round is due (`triggers.due`: a request, `retrain.every_feedback` new
@@ -28,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from protege.improver.data.ingest import DEFAULT_GROUP_ID, Ingestor
+from protege.improver.data.ingest import Ingestor
 from protege.improver.data.ledger import RoundLedger
 from protege.improver.data.store import ExampleStore
 from protege.improver.loop import (
@@ -59,7 +60,8 @@ class ImproverService:
     publish : where ModelEvents go (default: a Kafka producer when a broker is configured).
     backend : the FM (or a factory of it) for prompt LFs and the exam; default the
         deployment's, loaded on first use and kept.
-    group_id : the intake's consumer group; retrain requests use `<group_id>-requests`.
+    group_id : the intake's consumer group (default `settings.improver_group`); retrain
+        requests use `<group_id>-requests`.
     ingest : run the intake thread (off: another process fills the store).
     run : the round function (tests pass a fake); `run_round`'s signature.
     """
@@ -73,7 +75,7 @@ class ImproverService:
         registry=None,
         publish: Callable[[Event], object] | None = None,
         backend=None,
-        group_id: str = DEFAULT_GROUP_ID,
+        group_id: str | None = None,
         ingest: bool = True,
         run: Callable[..., RoundReport] = run_round,
     ):
@@ -91,7 +93,7 @@ class ImproverService:
             publish = self._producer.publish
         self.publish = publish
         self.backend = backend if backend is not None else lazy_backend(settings)
-        self.group_id = group_id
+        self.group_id = group_id or settings.improver_group
         self.ingest = ingest
         self.run = run
         self.holder = default_holder()

@@ -101,7 +101,7 @@ class ChampionWatcher:
             # A group of its own per replica: every replica must see every model event.
             return EventConsumer(
                 self.settings,
-                group_id=f"protege-gateway-{uuid.uuid4().hex[:12]}",
+                group_id=f"{self.settings.namespace}-gateway-{uuid.uuid4().hex[:12]}",
                 topics=[self.settings.kafka_topic_models],
             )
         except Exception as exc:

@@ -23,9 +23,6 @@ from protege.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Its own consumer group: the improver must see every event, whoever else reads them.
-DEFAULT_GROUP_ID = "protege-improver"
-
 
 class Ingestor:
     """Consumes `protege.predictions` and `protege.feedback` into `store`.
@@ -34,7 +31,8 @@ class Ingestor:
     ----------
     store : where events go.
     settings : Kafka connection and topic names.
-    group_id : the consumer group (one per improver deployment).
+    group_id : the consumer group (one per improver deployment; default
+        `settings.improver_group`: the improver must see every event, whoever else reads them).
     max_records : most events per batch (one store transaction each).
     consumer : an EventConsumer to use instead of building one (tests).
     """
@@ -43,7 +41,7 @@ class Ingestor:
         self,
         store: ExampleStore,
         settings: Settings,
-        group_id: str = DEFAULT_GROUP_ID,
+        group_id: str | None = None,
         max_records: int = 500,
         consumer=None,
     ):
@@ -54,7 +52,10 @@ class Ingestor:
 
             topics = [settings.kafka_topic_predictions, settings.kafka_topic_feedback]
             consumer = EventConsumer(
-                settings, group_id=group_id, topics=topics, max_records=max_records
+                settings,
+                group_id=group_id or settings.improver_group,
+                topics=topics,
+                max_records=max_records,
             )
         self.consumer = consumer
         self.stored = 0
