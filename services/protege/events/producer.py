@@ -262,8 +262,9 @@ class EventProducer:
             f"all {MAX_SPOOL_SLOTS} spool slots in {self.settings.events_spool_dir} are busy"
         )
 
-    def _adopt_orphans(self) -> None:
-        """Move what dead processes left in other slots into this spool, for replay."""
+    def adopt_orphans(self) -> None:
+        """Move what dead processes left in other slots into this spool, for replay.
+        Done at start; safe to call again from any thread (`protege events drain` does)."""
         for path in sorted(self.settings.events_spool_dir.glob("producer-*")):
             if path == self._spool.directory or not path.is_dir():
                 continue
@@ -315,7 +316,7 @@ class EventProducer:
 
     def _run(self) -> None:
         try:
-            self._adopt_orphans()
+            self.adopt_orphans()
         except Exception:  # never fatal: the orphans stay on disk for the next start
             log.exception("could not adopt spool left by other processes")
         last_sync = time.monotonic()

@@ -158,15 +158,11 @@ class Spool:
         return self._pending
 
     def _path(self, segment: int) -> Path:
-        return self.directory / f"{segment:012d}{SEGMENT_SUFFIX}"
+        return _segment_path(self.directory, segment)
 
     def _recover(self) -> None:
-        segments = sorted(
-            int(p.stem) for p in self.directory.glob(f"*{SEGMENT_SUFFIX}") if p.stem.isdigit()
-        )
-        cursor = self._read_cursor()
-        if cursor is None or (segments and cursor[0] < segments[0]):
-            cursor = (segments[0] if segments else 0, 0)
+        segments = _segments(self.directory)
+        cursor = _start_of(segments, _read_cursor(self.directory))
         for segment in segments:
             if segment < cursor[0]:  # fully replayed before a crash; only the delete was lost
                 self._path(segment).unlink(missing_ok=True)
@@ -187,17 +183,6 @@ class Spool:
         self._active = max(self._sizes, default=cursor[0])
         if self._pending:
             log.info("spool %s: %d events left to replay", self.directory, self._pending)
-
-    def _read_cursor(self) -> tuple[int, int] | None:
-        try:
-            raw = json.loads((self.directory / CURSOR_FILE).read_text())
-            return int(raw["segment"]), int(raw["offset"])
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError):
-            # Replaying from the first segment again only duplicates; never lose records.
-            log.warning("spool %s: unreadable cursor, replaying from the start", self.directory)
-            return None
 
     def _write_cursor(self) -> None:
         tmp = self.directory / f".{CURSOR_FILE}.tmp"
@@ -329,3 +314,74 @@ class Spool:
 
     def __repr__(self) -> str:
         return f"Spool({self.directory}, pending={self._pending}, bytes={self.disk_bytes})"
+
+
+def _read_cursor(directory: Path) -> tuple[int, int] | None:
+    try:
+        raw = json.loads((directory / CURSOR_FILE).read_text())
+        return int(raw["segment"]), int(raw["offset"])
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError):
+        # Replaying from the first segment again only duplicates; never lose records.
+        log.warning("spool %s: unreadable cursor, replaying from the start", directory)
+        return None
+
+
+def _start_of(segments: list[int], cursor: tuple[int, int] | None) -> tuple[int, int]:
+    """Where replay starts: the cursor, or the first segment when it has none (or is behind)."""
+    if cursor is None or (segments and cursor[0] < segments[0]):
+        return (segments[0] if segments else 0, 0)
+    return cursor
+
+
+def _segment_path(directory: Path, segment: int) -> Path:
+    return directory / f"{segment:012d}{SEGMENT_SUFFIX}"
+
+
+def _segments(directory: Path) -> list[int]:
+    return sorted(int(p.stem) for p in directory.glob(f"*{SEGMENT_SUFFIX}") if p.stem.isdigit())
+
+
+def spool_in_use(directory: Path | str) -> bool:
+    """Whether a live Spool (in any process, this one included) holds `directory`."""
+    try:
+        fd = os.open(Path(directory) / LOCK_FILE, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe's lock, if it got one
+    return False
+
+
+def unsent_records(directory: Path | str, limit: int | None = None) -> int:
+    """Records in a spool directory not yet committed as delivered (at most `limit`),
+    read without taking the directory: its live producer may be appending and
+    replaying meanwhile, so the answer is a snapshot, exact once it settles (a
+    preStop watches it fall to zero). A torn last record is not counted."""
+    directory = Path(directory)
+    segments = _segments(directory)
+    segment0, offset0 = _start_of(segments, _read_cursor(directory))
+    count = 0
+    for segment in (s for s in segments if s >= segment0):
+        try:
+            with open(_segment_path(directory, segment), "rb") as f:
+                f.seek(offset0 if segment == segment0 else 0)
+                while limit is None or count < limit:
+                    header = f.read(HEADER.size)
+                    if len(header) < HEADER.size:
+                        break
+                    magic, length, crc = HEADER.unpack(header)
+                    body = f.read(length)
+                    if magic != MAGIC or len(body) < length or zlib.crc32(body) != crc:
+                        break
+                    count += 1
+        except FileNotFoundError:  # replayed and deleted while we looked
+            continue
+        if limit is not None and count >= limit:
+            break
+    return count
