@@ -41,7 +41,14 @@ ALLOWED = {
         "improver.judge",
     },
     "improver.service": BOTTOM
-    | {"events", "registry", "improver.data", "improver.loop", "improver.triggers"},
+    | {
+        "events",
+        "registry",
+        "improver.data",
+        "improver.training",
+        "improver.loop",
+        "improver.triggers",
+    },
     "tasks": {"improver.labeling"},  # the shipped tasks' Python labeling functions
     "stack": BOTTOM | {"events", "serving"},
     "demo": BOTTOM | {"events", "improver.data", "stack"},

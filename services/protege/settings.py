@@ -235,6 +235,12 @@ class Settings(BaseSettings):
     improver_check_s: float = Field(
         default=5.0, gt=0.0, description="How often the improver checks each task's triggers."
     )
+    improver_stop_timeout_s: float = Field(
+        default=30.0,
+        gt=0.0,
+        description="On SIGTERM, a round in progress gets this long to finish; then it is "
+        "abandoned and its lease freed (the process exits within this + 10 s).",
+    )
     improver_lease_s: float = Field(
         default=3600.0,
         gt=0.0,

@@ -144,7 +144,7 @@ def _serve(args: argparse.Namespace, settings, store) -> int:
         settings, _tasks(args, settings), store=store, group_id=_group(args, settings)
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: service._stop.set())
+        signal.signal(sig, lambda *_: service.request_stop())
     print(
         json.dumps(
             {"started": True, "tasks": sorted(service.tasks), "store": store.url.split("@")[-1]}

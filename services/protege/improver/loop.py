@@ -66,6 +66,11 @@ class TrainingInProgress(RuntimeError):
     """Another round of this task holds the training lease."""
 
 
+class LeaseLost(RuntimeError):
+    """The round's lease was released under it (the improver abandoned the round on stop)
+    or taken over (it outlived `improver_lease_s`): it must not register or promote."""
+
+
 @dataclass
 class RoundReport:
     """What a round did, whatever its outcome."""
@@ -318,6 +323,8 @@ def run_round(
         with tempfile.TemporaryDirectory(prefix=f"protege-{task.name}-") as tmp:
             folder = candidate.write(Path(tmp) / "candidate")
             judgement = judge(task, folder, exam, fetch_champion(registry, task))
+            if ledger.state(task.name).holder != holder:
+                raise LeaseLost(f"{task.name}: the round's lease is no longer {holder}'s")
             version, event = decide(
                 task,
                 candidate,

@@ -17,6 +17,11 @@ Three threads:
 Triggers count what is in the store, not what this process consumed, so several
 replicas (or a restart) agree on them; the ledger's lease keeps a task to one round.
 
+`stop()` (SIGTERM) takes no new work at once, gives a round in progress
+`Settings.improver_stop_timeout_s` to finish, then abandons it: the lease is released
+as `interrupted` (so that the task can train again at once, not after
+`improver_lease_s`) and its Ray training cancelled.
+
 >>> service = ImproverService(settings).start()   # doctest: +SKIP
 >>> service.stop()                                # doctest: +SKIP
 """
@@ -39,6 +44,7 @@ from protege.improver.loop import (
     lazy_backend,
     run_round,
 )
+from protege.improver.training.jobs import cancel_training
 from protege.improver.triggers import due
 from protege.schemas import Event, RetrainRequest
 from protege.settings import Settings
@@ -47,6 +53,10 @@ from protege.taskspec import TaskSpec
 log = logging.getLogger(__name__)
 
 RESULTS_KEPT = 100  # recent round results kept in memory for status and tests
+# After the round: the intake ends its batch and commits, the request consumer its poll
+# (both poll in <= 1 s), the producer sends or spools; within improver_stop_timeout_s + 10 s.
+THREADS_STOP_S = 4.0
+PRODUCER_CLOSE_S = 2.0
 
 
 class ImproverService:
@@ -101,7 +111,8 @@ class ImproverService:
         self.ingestor: Ingestor | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._threads: dict[str, threading.Thread] = {}
+        self._in_progress: str | None = None  # the task whose round runs now
 
     @property
     def registry(self):
@@ -126,18 +137,40 @@ class ImproverService:
     def _spawn(self, name: str, target: Callable[[], object]) -> None:
         thread = threading.Thread(target=target, name=f"protege-improver-{name}", daemon=True)
         thread.start()
-        self._threads.append(thread)
+        self._threads[name] = thread
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop taking work; a round in progress finishes first (up to `timeout`)."""
+    def request_stop(self) -> None:
+        """Take no new work (safe from a signal handler); `stop()` does the rest."""
         self._stop.set()
         self._wake.set()
-        for thread in self._threads:
-            thread.join(timeout)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop taking work at once; a round in progress gets `timeout` (default
+        `improver_stop_timeout_s`) to finish, and is then abandoned (`abandon`)."""
+        timeout = self.settings.improver_stop_timeout_s if timeout is None else timeout
+        self.request_stop()
+        rounds = self._threads.get("rounds")
+        if rounds is not None:
+            rounds.join(timeout)
+            task = self._in_progress
+            if rounds.is_alive() and task is not None:
+                self.abandon(task, f"the improver stopped; abandoned after {timeout:g} s")
+        until = time.monotonic() + THREADS_STOP_S
+        for name, thread in self._threads.items():
+            if name != "rounds":
+                thread.join(max(until - time.monotonic(), 0.0))
         if self.ingestor is not None:
             self.ingestor.close()
         if self._producer is not None:
-            self._producer.close(timeout=10)
+            self._producer.close(timeout=PRODUCER_CLOSE_S)
+
+    def abandon(self, task: str, reason: str) -> None:
+        """Give up this process's round of `task`: release its lease as `interrupted`
+        first (the round's thread, should it still end, then finds the lease gone and
+        neither registers nor records anything), then cancel its training on Ray."""
+        log.warning("%s: round abandoned: %s", task, reason)
+        self.ledger.release(task, self.holder, outcome="interrupted", detail=reason)
+        cancel_training(task)
 
     def wait(self) -> None:
         """Block until `stop()` (from a signal handler or another thread)."""
@@ -173,6 +206,7 @@ class ImproverService:
         for name, trigger in self.due().items():
             if self._stop.is_set():
                 break
+            self._in_progress = name
             try:
                 result = self.run(
                     self.tasks[name],
@@ -187,6 +221,8 @@ class ImproverService:
             except TrainingInProgress as exc:
                 log.info("%s", exc)
                 continue
+            finally:
+                self._in_progress = None
             self.results.append(result)
             done.append(result)
         return done

@@ -37,7 +37,7 @@ rounds = sa.Table(
     sa.Column("feedback_at_start", sa.Integer, nullable=False, default=0),
     sa.Column("events_at_start", sa.Integer, nullable=False, default=0),
     sa.Column("trigger", sa.String(32)),
-    sa.Column("outcome", sa.String(32)),  # promoted | rejected | skipped | failed
+    sa.Column("outcome", sa.String(32)),  # promoted | rejected | skipped | failed | interrupted
     sa.Column("version", sa.String(32)),
     sa.Column("detail", sa.Text),
 )

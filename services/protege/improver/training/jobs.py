@@ -18,6 +18,10 @@ from protege.taskspec import TaskSpec
 
 log = logging.getLogger(__name__)
 
+# Each task's training on Ray while a round waits for it, so that an abandoned round's
+# training can be cancelled (`cancel_training`) rather than left to run out.
+_training: dict[str, object] = {}
+
 
 @cache
 def _remote_train():
@@ -43,7 +47,25 @@ def train_on_ray(task: TaskSpec, train: TrainingSet, *, progress: bool = True) -
         )
         .remote(task.name, train, spec, progress=progress)
     )
-    return ray.get(ref)
+    _training[task.name] = ref
+    try:
+        return ray.get(ref)
+    finally:
+        _training.pop(task.name, None)
+
+
+def cancel_training(task_name: str) -> bool:
+    """Cancel the task's training on Ray, if a round waits for one (an abandoned round)."""
+    ref = _training.pop(task_name, None)
+    if ref is None:
+        return False
+    import ray
+
+    try:
+        ray.cancel(ref, force=True)
+    except Exception as exc:  # noqa: BLE001 - the cluster may be gone: nothing left to stop
+        log.warning("%s: could not cancel the training task: %r", task_name, exc)
+    return True
 
 
 def train_candidate(
