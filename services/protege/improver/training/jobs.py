@@ -3,6 +3,11 @@ task's resource request (`training.num_gpus` / `num_cpus`), so that on a cluster
 lands on a GPU worker. The specialist comes back as bytes (`Candidate.files`) either way.
 
 Ray appears only here; `distill.train_specialist` is plain Python that tests call.
+
+The improver's Ray connection (Ray Client to `RAY_ADDRESS`, the RayService's head service)
+outlives clusters: when a switch-over deletes the cluster behind it, the round that was
+training fails (the round's lease is released as for any failure), the connection is shut
+down, and the next round connects again (`connect`), to whichever cluster serves now.
 """
 
 from __future__ import annotations
@@ -30,26 +35,53 @@ def _remote_train():
     return ray.remote(train_specialist)
 
 
-def train_on_ray(task: TaskSpec, train: TrainingSet, *, progress: bool = True) -> Candidate:
-    """`train_specialist` as a Ray task with the task's `training.num_gpus`/`num_cpus`.
-
-    Uses the running Ray (the Serve cluster, `ray.init(address=...)`); starts a local
-    one when there is none, as any Ray call does."""
+def connect() -> None:
+    """Connect this process to Ray (`RAY_ADDRESS`; a local Ray without it) unless it is;
+    a connection whose cluster went away is shut down and opened again."""
     import ray
 
+    if ray.is_initialized():
+        try:
+            ray.get(ray.put(None))  # through Ray Client's data channel: fails once it broke
+            return
+        except ConnectionError as exc:
+            log.warning("Ray connection lost (%s); connecting again", exc)
+    # Also when not initialized: a Ray Client session that broke by itself still blocks init.
+    disconnect()
+    ray.init(log_to_driver=False)
+
+
+def disconnect() -> None:
+    """Shut this process's Ray connection down; `connect` opens a new one."""
+    import ray
+
+    ray.shutdown()
+    _remote_train.cache_clear()  # a remote function belongs to the connection that made it
+
+
+def train_on_ray(task: TaskSpec, train: TrainingSet, *, progress: bool = True) -> Candidate:
+    """`train_specialist` as a Ray task with the task's `training.num_gpus`/`num_cpus`,
+    on the cluster `connect` reaches. A lost connection (ConnectionError: the cluster
+    went away) is shut down before the error goes up, so that the next call reconnects."""
+    import ray
+
+    connect()
     spec = task.training
-    ref = (
-        _remote_train()
-        .options(
-            num_gpus=spec.num_gpus,
-            num_cpus=spec.num_cpus,
-            name=f"train-{task.name}",
-        )
-        .remote(task.name, train, spec, progress=progress)
-    )
-    _training[task.name] = ref
     try:
+        ref = (
+            _remote_train()
+            .options(
+                num_gpus=spec.num_gpus,
+                num_cpus=spec.num_cpus,
+                name=f"train-{task.name}",
+            )
+            .remote(task.name, train, spec, progress=progress)
+        )
+        _training[task.name] = ref
         return ray.get(ref)
+    except ConnectionError:
+        disconnect()
+        raise
     finally:
         _training.pop(task.name, None)
 
@@ -94,8 +126,7 @@ def should_use_ray(task: TaskSpec, settings: Settings) -> bool:
         return False
     if task.training.num_gpus > 0:
         return True
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False)  # connects to RAY_ADDRESS
+    connect()
     free = ray.available_resources().get("CPU", 0.0)
     if free < task.training.num_cpus:
         log.info(
