@@ -435,8 +435,12 @@ def test_other_value_combinations_render_valid_manifests(name):
         assert serve_args(docs)["openai_base_url"] == "http://llm.models:8000/v1"
     if name == "no improver":
         assert not [
-            d for d in docs if d["kind"] == "Deployment" and "improver" in d["metadata"]["name"]
+            d
+            for d in docs
+            if d["kind"] in ("Deployment", "Service", "NetworkPolicy")
+            and "improver" in d["metadata"]["name"]
         ]
+        assert "improver_url" not in serve_args(docs)
     if name == "existing tasks and account":
         assert not [d for d in docs if d["kind"] in ("ServiceAccount", "PodDisruptionBudget")]
         assert "tasks_inline" not in serve_args(docs)  # the ConfigMap's content is not ours
@@ -1317,18 +1321,44 @@ def test_improver_has_probes_and_time_to_free_its_lease(value_set):
     spec = improver_of(docs)["spec"]["template"]["spec"]
     (container,) = spec["containers"]
     env = improver_env(docs)
-    port = int(env["PROTEGE_IMPROVER_HEALTH_PORT"])
-    assert {"name": "health", "containerPort": port} in container["ports"]
+    port = int(env["PROTEGE_IMPROVER_PORT"])
+    assert {"name": "api", "containerPort": port} in container["ports"]
     for probe, path in (
         ("startupProbe", "/livez"),
         ("livenessProbe", "/livez"),
         ("readinessProbe", "/readyz"),
     ):
-        assert container[probe]["httpGet"] == {"path": path, "port": "health"}, probe
+        assert container[probe]["httpGet"] == {"path": path, "port": "api"}, probe
     grace = spec["terminationGracePeriodSeconds"]
     stop = float(env["PROTEGE_IMPROVER_STOP_TIMEOUT_S"])
     assert grace >= 300 and 0 < stop <= grace - 20  # the round ends and the lease is freed in time
     assert improver_of(docs)["spec"]["strategy"]["type"] == "Recreate"
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_gateways_reach_the_improver_api_through_its_service_and_no_one_else(value_set):
+    docs = rendered(value_set)
+    template = improver_of(docs)["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    port = int(improver_env(docs)["PROTEGE_IMPROVER_PORT"])
+    service = only(docs, "Service", f"{FULLNAME}-improver")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert selects(service["spec"]["selector"], template["metadata"]["labels"])
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["port"] == port and service_port["targetPort"] == "api"
+    assert {"name": "api", "containerPort": port} in container["ports"]
+    # Serving's PROTEGE_IMPROVER_URL (a Serve argument, like every serving setting).
+    assert serve_args(docs)["improver_url"] == f"http://{FULLNAME}-improver:{port}"
+    # The NetworkPolicy admits the gateways' pods (every Ray pod of the release) and no others.
+    policy = only(docs, "NetworkPolicy", f"{FULLNAME}-improver")
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], template["metadata"]["labels"])
+    (peer,) = peers_for_port(policy, port)
+    assert set(peer) == {"podSelector"}
+    assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == RELEASE
+    for group in ray_groups(only(docs, "RayService")).values():
+        assert selects(peer["podSelector"]["matchLabels"], group["template"]["metadata"]["labels"])
+    assert not selects(peer["podSelector"]["matchLabels"], template["metadata"]["labels"])
+    assert peers_for_port(policy, port + 1) == []  # nothing else is open
 
 
 # --- 11. secrets under GitOps ----------------------------------------------------------------

@@ -163,6 +163,10 @@ The probe is kube-root-ca.crt, which Kubernetes puts in every namespace.
 {{- define "protege.mlflowName" -}}
 {{- printf "%s-mlflow" (include "protege.fullname" .) }}
 {{- end }}
+{{/* The improver's API, for the gateways (PROTEGE_IMPROVER_URL). */}}
+{{- define "protege.improverUrl" -}}
+{{- printf "http://%s-improver:%d" (include "protege.fullname" .) (int .Values.improver.port) }}
+{{- end }}
 {{- define "protege.mlflowTrackingUri" -}}
 {{- default (printf "http://%s:5000" (include "protege.mlflowName" .)) .Values.mlflow.trackingUri }}
 {{- end }}
@@ -236,6 +240,9 @@ Ray executor would ask Ray for placement-group bundles the Serve replica does no
 {{- $_ := set $args "api_keys_file" (include "protege.apiKeysPath" .) }}
 {{- end }}
 {{- $_ := set $args "events_spool_dir" (include "protege.spoolPath" .) }}
+{{- if .Values.improver.enabled }}
+{{- $_ := set $args "improver_url" (include "protege.improverUrl" .) }}
+{{- end }}
 {{- $_ := set $args "fm_backend" $fm.backend }}
 {{- with $fm.model }}{{ $_ := set $args "fm_model" . }}{{ end }}
 {{- if eq $fm.backend "vllm" }}
