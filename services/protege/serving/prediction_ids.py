@@ -25,7 +25,7 @@ class PredictionIds:
     @classmethod
     def from_settings(cls, settings: Settings) -> PredictionIds:
         if settings.signing_secret:
-            return cls(settings.signing_secret.encode())
+            return cls(settings.signing_secret.get_secret_value().encode())
         return cls(local_secret(settings.home / "signing.key"))
 
     def _sign(self, payload: str) -> str:
