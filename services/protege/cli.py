@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "gold",
     "improver",
     "tasks",
+    "keys",
 ]
 
 

@@ -50,9 +50,15 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return {**env, **secret_env(settings)}  # a child's environment is where secrets belong
 
 
-def curl_examples(url: str, auth_disabled: bool) -> str:
-    """Commands a person can paste to try the API."""
-    header = "" if auth_disabled else " -H 'Authorization: Bearer $PROTEGE_KEY'"
+def curl_examples(url: str, auth_disabled: bool, key: str | None = None) -> str:
+    """Commands a person can paste to try the API: with `key` in them when given, else
+    reading it from $PROTEGE_KEY (double quotes, so that the shell expands it)."""
+    if auth_disabled:
+        header = ""
+    elif key:
+        header = f" -H 'Authorization: Bearer {key}'"
+    else:
+        header = ' -H "Authorization: Bearer $PROTEGE_KEY"'
     return (
         f"  curl -s {url}/v1/tasks/youtube-spam/predict{header} -H 'Content-Type: application/json' \\\n"
         f'       -d \'{{"text": "Check out my channel, subscribe!"}}\'\n'

@@ -51,6 +51,8 @@ def demo_settings(
         entries = [f"demo-client:{keys['client']}=predict"]
         entries += [f"{name}:{keys[name]}=feedback" for name in reviewers]
         overrides["api_keys"] = ";".join(filter(None, [secret_value(base.api_keys), *entries]))
+        # The replay is the demo's own traffic, as fast as the app answers.
+        overrides.update(rate_per_s=0, feedback_per_hour=0)
         headers = {who: {"Authorization": f"Bearer {key}"} for who, key in keys.items()}
     return Settings(**overrides), headers
 

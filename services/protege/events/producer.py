@@ -157,6 +157,7 @@ class EventProducer:
         self._overflow: queue.Queue[tuple[str, Event]] = queue.Queue(
             settings.events_spool_queue_size
         )
+        self.slot = -1  # which producer-<n> spool slot this process holds (set next)
         self._spool = self._open_spool()
         self._lock = threading.Lock()
         self._unsettled = 0  # accepted into the queue, not yet acknowledged or spooled
@@ -269,13 +270,15 @@ class EventProducer:
         """The first free slot `<events_spool_dir>/producer-<n>`: one per live process."""
         for slot in range(MAX_SPOOL_SLOTS):
             try:
-                return Spool(
+                spool = Spool(
                     self.settings.events_spool_dir / f"producer-{slot}",
                     max_bytes=self.settings.events_spool_max_bytes,
                     segment_bytes=self.settings.events_spool_segment_bytes,
                 )
             except SpoolBusy:
                 continue
+            self.slot = slot
+            return spool
         raise RuntimeError(
             f"all {MAX_SPOOL_SLOTS} spool slots in {self.settings.events_spool_dir} are busy"
         )

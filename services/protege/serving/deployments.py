@@ -82,7 +82,11 @@ class Gateway:
         self.settings = settings
         self.watcher = None
         if settings.watch_registry and settings.mlflow_tracking_uri:
-            self.watcher = ChampionWatcher(self.specialists, settings).start()
+            self.watcher = ChampionWatcher(
+                self.specialists,
+                settings,
+                replica_slot=self.events.slot if self.events is not None else 0,
+            ).start()
 
     def __del__(self):
         if self.watcher is not None:
