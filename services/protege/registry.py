@@ -269,7 +269,12 @@ class Registry:
         return None if version is None else str(version)
 
     def _history(self, task: str) -> list[str]:
-        model = self.client.get_registered_model(registered_name(task))
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(registered_name(task))
+        except MlflowException as exc:
+            raise RegistryError(f"{task}: no model registered yet") from exc
         return json.loads(model.tags.get(HISTORY_TAG, "[]"))
 
     def _set_history(self, task: str, history: list[str]) -> None:

@@ -145,7 +145,9 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: Path | None = None
     kafka_ssl_check_hostname: bool = True
     kafka_client_options: dict = Field(
-        default_factory=dict, description="Extra kafka-python client arguments, passed through."
+        default_factory=dict,
+        repr=False,  # may hold ssl_password or tokens
+        description="Extra kafka-python client arguments, passed through.",
     )
     kafka_topic_predictions: str = "protege.predictions"
     kafka_topic_feedback: str = "protege.feedback"
