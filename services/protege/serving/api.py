@@ -33,6 +33,7 @@ from protege.taskspec import TaskSpec
 log = logging.getLogger(__name__)
 
 ERROR_MEANINGS = {
+    400: "The request body is not UTF-8.",
     401: "No API key, or an unknown one.",
     403: "The key lacks the route's role, or names another reviewer.",
     404: "Unknown task or prediction id.",
@@ -44,11 +45,11 @@ ERROR_MEANINGS = {
 
 
 def errors(*codes: int) -> dict:
-    """OpenAPI `responses` for the error codes a route may answer (401, 403, 413 and 429
-    come with every route behind a key)."""
+    """OpenAPI `responses` for the error codes a route may answer (400, 401, 403, 413
+    and 429 come with every route behind a key)."""
     return {
         code: {"model": ErrorBody, "description": ERROR_MEANINGS[code]}
-        for code in sorted({401, 403, 413, 429, *codes})
+        for code in sorted({400, 401, 403, 413, 429, *codes})
     }
 
 
