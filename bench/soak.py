@@ -258,7 +258,7 @@ def main() -> int:
     import_gold(
         settings,
         TASK,
-        list(zip(train.texts[:gold_n], [train.label_names[y] for y in train.labels[:gold_n]])),
+        list(zip(train.texts[:gold_n], [str(y) for y in train.labels[:gold_n]])),
         run,
     )
     improver_log = open(run / "improver.log", "ab")  # noqa: SIM115 - the children keep it
