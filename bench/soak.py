@@ -39,7 +39,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_results  # noqa: E402
+from common import machine, write_results, youtube_specialist  # noqa: E402
 
 TASK = "youtube-spam"
 REVIEW_SHARE = 0.3
@@ -261,6 +261,10 @@ def main() -> int:
         list(zip(train.texts[:gold_n], [str(y) for y in train.labels[:gold_n]])),
         run,
     )
+    # A champion from the start, as in production after the first rounds: the CPU FM
+    # alone cannot answer every text at this rate (it would be shed, 503 by design).
+    registry = Registry.from_settings(settings)
+    registry.promote(TASK, registry.log_candidate(TASK, youtube_specialist(run / "good", "good")))
     improver_log = open(run / "improver.log", "ab")  # noqa: SIM115 - the children keep it
 
     def start_improver() -> subprocess.Popen:
@@ -324,6 +328,9 @@ def main() -> int:
                     improver.wait()
                     killed_at = time.time()
                     improver = start_improver()
+                    # The killed round's lease blocks the task until it expires; this
+                    # request is served only once the new improver has taken it over.
+                    admin.post(f"/v1/admin/tasks/{TASK}/retrain")
                     faults.append(
                         {
                             "fault": "improver killed (SIGKILL) and restarted",
@@ -391,8 +398,13 @@ def main() -> int:
             sa.select(sa.func.count()).select_from(predictions)
         ).scalar_one() - len(preds)
     kill = next(f for f in faults if f["fault"].startswith("improver"))
-    state = ledger.state(TASK)
-    lease_recovered = bool(state.finished_at and state.finished_at > kill["killed_at"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = ledger.state(TASK)
+        lease_recovered = bool(state.finished_at and state.finished_at > kill["killed_at"])
+        if lease_recovered:
+            break
+        time.sleep(2)
     # RSS: from minute 2 (the models are loaded, the first round done) to the end.
     steady = [(t, r) for t, r in rss if t >= 120]
     rss_report = {}
