@@ -276,6 +276,16 @@ def main() -> int:
             stdin=subprocess.DEVNULL,
         )
 
+    import sqlalchemy as sa
+
+    from protege.improver.data.store import events, predictions
+
+    def stored_ids() -> tuple[set[str], set[str]]:
+        with store.engine.connect() as conn:
+            preds = set(conn.execute(sa.select(predictions.c.prediction_id)).scalars())
+            evs = set(conn.execute(sa.select(events.c.event_id)).scalars())
+        return preds, evs
+
     faults: list[dict] = []
     started_at = time.monotonic()
     log(f"run folder {run}; starting the Serve app")
@@ -304,17 +314,19 @@ def main() -> int:
             if plan and time.monotonic() >= at(plan[0][0]):
                 _, fault = plan.pop(0)
                 if fault == "broker":
-                    stored = lambda: store.counts(TASK)["events"]  # noqa: E731
+                    # Until the improver holds every event answered so far (5 s at most).
+                    sent = set(traffic.prediction_ids[:-1]) | set(traffic.feedback_ids[:-1])
                     wait_from = time.monotonic()
-                    while time.monotonic() - wait_from < 1.0 and stored() < len(
-                        traffic.prediction_ids
-                    ):
+                    while time.monotonic() - wait_from < 5.0 and sent - set().union(*stored_ids()):
                         time.sleep(0.1)
+                    caught_up_s = round(time.monotonic() - wait_from, 2)
                     broker.kill()
                     log("broker killed")
                     time.sleep(15)
                     broker.start()
-                    faults.append({"fault": "broker killed, restarted after 15 s"})
+                    faults.append(
+                        {"fault": "broker killed, restarted after 15 s", "caught_up_s": caught_up_s}
+                    )
                     log("broker restarted")
                 elif fault == "improver":
                     deadline = time.monotonic() + 90
@@ -376,15 +388,6 @@ def main() -> int:
         traffic.stop()
     log("load stopped; waiting for the improver to store every event")
     deadline = time.monotonic() + 180
-    import sqlalchemy as sa
-
-    from protege.improver.data.store import events, predictions
-
-    def stored_ids() -> tuple[set[str], set[str]]:
-        with store.engine.connect() as conn:
-            preds = set(conn.execute(sa.select(predictions.c.prediction_id)).scalars())
-            evs = set(conn.execute(sa.select(events.c.event_id)).scalars())
-        return preds, evs
 
     while time.monotonic() < deadline:
         preds, evs = stored_ids()
