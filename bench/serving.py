@@ -134,7 +134,7 @@ def gateway_app(settings):
     core = GatewayCore(
         tasks, NoFoundation(), slots, PredictionIds.from_settings(settings), publish=publish
     )
-    return build_api(core, ApiKeys.from_settings(settings))
+    return build_api(core, ApiKeys.from_settings(settings), settings=settings)
 
 
 def bench_settings(
@@ -150,6 +150,8 @@ def bench_settings(
         http_port=port,
         api_keys=f"{API_KEY}=predict",
         signing_secret="bench-secret-0123456789",
+        rate_per_s=0,  # one key drives all the load here: measure the app, not its limit
+        max_queued_requests=-1,  # the load generator's concurrency bounds the queue
         kafka_bootstrap=kafka,
         kafka_topic_predictions=topic,
         tasks_file=home / ("tasks-shipped.yaml" if shadow else "tasks-no-shadow.yaml"),

@@ -12,6 +12,7 @@ import pytest
 from protege import datasets
 from protege.events.consumer import EventConsumer
 from protege.schemas import FeedbackEvent, PredictionEvent
+from protege.settings import public_args
 
 HEADERS = {"Authorization": "Bearer admin-key"}
 
@@ -149,7 +150,7 @@ def test_spooled_events_survive_a_gateway_restart(
         ids = [pid for t in confident_texts[100:140] for pid in predict_ids(client, [t])]
         serve.delete("protege-test")  # the replica closes its producer: the backlog goes to disk
         serve.run(
-            build_app(serving_app.settings.model_dump(mode="json")),
+            build_app(public_args(serving_app.settings)),
             name="protege-test",
             route_prefix="/",
             blocking=False,

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "improver",
     "tasks",
     "events",
+    "keys",
 ]
 
 

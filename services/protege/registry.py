@@ -14,10 +14,19 @@
 
 The default store is SQLite with a local artifact folder; a tracking URI
 (`http://mlflow:5000`, `postgresql://...`) switches to production by config only.
+
+Alias moves (promote, rollback) are read-modify-writes of the alias and the history
+tag: they run under a per-task lock (threads, and processes on one machine), and a
+promotion may name the champion it expects (`expected_champion`): a round that judged
+its candidate against version 3 does not promote it over a version 4 that an operator
+promoted meanwhile (`ChampionMoved`; the later decision stands).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -25,6 +34,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +61,33 @@ Publish = Callable[[ModelEvent], object]
 
 class RegistryError(RuntimeError):
     """A registry operation cannot be done; the message says why."""
+
+
+class ChampionMoved(RegistryError):
+    """The champion is not the one the caller decided against: someone moved it since."""
+
+
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def alias_lock(tracking_uri: str, task: str):
+    """Serialize alias moves of `task`: a thread lock, and a file lock (flock) that
+    processes on this machine share. Processes on other machines (a remote tracking
+    server) are not covered; `expected_champion` still refuses a stale promotion."""
+    key = hashlib.sha256(f"{tracking_uri}\0{task}".encode()).hexdigest()[:24]
+    with _thread_locks_guard:
+        lock = _thread_locks.setdefault(key, threading.Lock())
+    folder = Path(tempfile.gettempdir()) / "protege-registry-locks"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    with lock:
+        fd = os.open(folder / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
 
 
 def registered_name(task: str, namespace: str = DEFAULT_NAMESPACE) -> str:
@@ -248,7 +285,12 @@ class Registry:
         return None if version is None else str(version)
 
     def _history(self, task: str) -> list[str]:
-        model = self.client.get_registered_model(self.registered_name(task))
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(self.registered_name(task))
+        except MlflowException as exc:
+            raise RegistryError(f"{task}: no model registered yet") from exc
         return json.loads(model.tags.get(HISTORY_TAG, "[]"))
 
     def _set_history(self, task: str, history: list[str]) -> None:
@@ -285,10 +327,17 @@ class Registry:
         metrics: Mapping | None,
         publish: Publish | None,
         remember_previous: bool,
+        expected_champion: str | None = None,
     ) -> ModelEvent:
+        """Call with the task's alias_lock held."""
         name = self.registered_name(task)
         self._version(task, version)
         previous = self.alias_version(task, CHAMPION)
+        if expected_champion is not None and (previous or "") != expected_champion:
+            raise ChampionMoved(
+                f"{task}: the champion is version {previous}, not {expected_champion} as "
+                "when this decision was made; it stands"
+            )
         if remember_previous and previous and previous != str(version):
             self._set_history(task, [*self._history(task), previous])
         self.client.set_registered_model_alias(name, CHAMPION, str(version))
@@ -311,20 +360,25 @@ class Registry:
         reasons: list[str] | None = None,
         metrics: Mapping | None = None,
         publish: Publish | None = None,
+        expected_champion: str | None = None,
     ) -> ModelEvent:
-        """Make `version` (default: the challenger) the champion."""
-        version = version or self.alias_version(task, CHALLENGER)
-        if version is None:
-            raise RegistryError(f"{task}: no version given and no {CHALLENGER}")
-        return self._move_champion(
-            task,
-            str(version),
-            ModelAction.promoted,
-            reasons or [],
-            metrics,
-            publish,
-            remember_previous=True,
-        )
+        """Make `version` (default: the challenger) the champion. With
+        `expected_champion` ("" for none), raise ChampionMoved unless that is the
+        champion now."""
+        with alias_lock(self.tracking_uri, self.registered_name(task)):
+            version = version or self.alias_version(task, CHALLENGER)
+            if version is None:
+                raise RegistryError(f"{task}: no version given and no {CHALLENGER}")
+            return self._move_champion(
+                task,
+                str(version),
+                ModelAction.promoted,
+                reasons or [],
+                metrics,
+                publish,
+                remember_previous=True,
+                expected_champion=expected_champion,
+            )
 
     def rollback(
         self,
@@ -335,6 +389,12 @@ class Registry:
         publish: Publish | None = None,
     ) -> ModelEvent:
         """Make `version` (default: the champion before the current one) the champion."""
+        with alias_lock(self.tracking_uri, self.registered_name(task)):
+            return self._rollback(task, version, reasons, publish)
+
+    def _rollback(
+        self, task: str, version: str | None, reasons: list[str] | None, publish: Publish | None
+    ) -> ModelEvent:
         history = self._history(task)
         current = self.alias_version(task, CHAMPION)
         if version is None:

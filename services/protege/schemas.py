@@ -9,11 +9,16 @@ from __future__ import annotations
 import time
 import uuid
 from enum import Enum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 EVENT_SCHEMA_VERSION = 1
+
+# Bounds of any predict body, whatever the task: a task's own `limits` (taskspec, which
+# caps them at these) are checked after parsing; these make the parser refuse sooner.
+MAX_BATCH = 1024
+MAX_TEXT_CHARS = 100_000
 
 
 class Body(BaseModel):
@@ -47,8 +52,12 @@ def _non_blank(text: str) -> str:
 class PredictRequest(Body):
     """One `text`, or a batch in `texts` (up to the task's `max_batch`)."""
 
-    text: str | None = Field(default=None, examples=["Check out my channel, subscribe!"])
-    texts: list[str] | None = Field(default=None, min_length=1)
+    text: str | None = Field(
+        default=None, max_length=MAX_TEXT_CHARS, examples=["Check out my channel, subscribe!"]
+    )
+    texts: list[Annotated[str, Field(max_length=MAX_TEXT_CHARS)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_BATCH
+    )
 
     @field_validator("text")
     @classmethod
@@ -86,6 +95,11 @@ class Prediction(BaseModel):
     probabilities: list[LabelProbability] = Field(description="Top-k labels, most likely first.")
     served_by: ModelRef
     route: Route
+    degraded: bool = Field(
+        default=False,
+        description="The text should have gone to the foundation model, which could not "
+        "answer in time: this is the specialist's answer.",
+    )
     latency_ms: float
 
 
@@ -171,6 +185,7 @@ class PredictionEvent(Event):
     specialist: ModelOutput | None = None
     foundation: ModelOutput | None = None
     shadow: bool = Field(default=False, description="The FM output was a shadow run.")
+    degraded: bool = Field(default=False, description="Escalated, but the FM could not answer.")
     latency_ms: float
 
     @property

@@ -8,6 +8,8 @@ naming the variable, before anything starts.
 
 from __future__ import annotations
 
+import json
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -58,8 +60,14 @@ class Settings(BaseSettings):
     fm_num_gpus: float = Field(default=0.0, ge=0.0)
     fm_threads: int | None = Field(default=None, description="torch threads on CPU.")
     openai_base_url: str | None = None
-    openai_api_key: str | None = None
+    openai_api_key: SecretStr | None = None
     openai_timeout_s: float = 60.0
+    fm_deadline_s: float = Field(
+        default=10.0,
+        gt=0.0,
+        description="Longest a request waits on the FM: an escalation then gets the "
+        "specialist's answer marked degraded, an FM-only answer a 503 with Retry-After.",
+    )
     vllm_kwargs: dict = Field(default_factory=dict, description="Extra vllm.LLM(...) arguments.")
 
     # Specialist
@@ -87,15 +95,50 @@ class Settings(BaseSettings):
 
     # Auth
     auth_disabled: bool = False
-    api_keys: str | None = Field(
+    api_keys: SecretStr | None = Field(
         default=None,
         description="'[name:]KEY=role,role;...' (roles: predict, feedback, trusted, admin).",
     )
     api_keys_file: Path | None = Field(
         default=None, description="JSON or YAML {keys: [{name, key or sha256, roles}]}."
     )
-    signing_secret: str | None = Field(
+    signing_secret: SecretStr | None = Field(
         default=None, description="HMAC key for prediction ids; generated under home when unset."
+    )
+
+    # Limits: what one caller, one request and the whole replica may take
+    max_body_bytes: int = Field(
+        default=1 << 20,
+        gt=0,
+        description="Largest request body; counted while it streams in, a 413 past it "
+        "(1 MiB holds a full batch of 64 texts of 2,000 characters, JSON-escaped).",
+    )
+    rate_per_s: float = Field(
+        default=50.0,
+        ge=0.0,
+        description="Requests a second each API key may make, per gateway replica (a token "
+        "bucket; 0: no limit); a key in the keys file may set its own `rate_per_s`.",
+    )
+    rate_burst: int = Field(
+        default=100, gt=0, description="Requests a key may make at once before the rate applies."
+    )
+    feedback_per_hour: int = Field(
+        default=2000,
+        ge=0,
+        description="Verdicts each reviewer may send an hour, per replica (0: no limit): a "
+        "flood of verdicts would steer training; a key may set its own `feedback_per_hour`.",
+    )
+    max_ongoing_requests: int = Field(
+        default=256, gt=0, description="Requests a gateway replica works on at once."
+    )
+    max_queued_requests: int = Field(
+        default=512,
+        ge=-1,
+        description="Requests waiting for a replica beyond that; more are shed with a 503 "
+        "and Retry-After instead of queueing without bound (-1: unbounded).",
+    )
+    retry_after_s: float = Field(
+        default=1.0, gt=0.0, description="Retry-After of shed or FM-unavailable answers."
     )
 
     # Event log
@@ -114,7 +157,9 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: Path | None = None
     kafka_ssl_check_hostname: bool = True
     kafka_client_options: dict = Field(
-        default_factory=dict, description="Extra kafka-python client arguments, passed through."
+        default_factory=dict,
+        repr=False,  # may hold ssl_password or tokens
+        description="Extra kafka-python client arguments, passed through.",
     )
     kafka_topic_predictions: str | None = Field(
         default=None, validate_default=True, description="Default <namespace>.predictions."
@@ -156,6 +201,12 @@ class Settings(BaseSettings):
         default=10000,
         gt=0,
         description="In-memory events awaiting Kafka; overflow goes to the spool.",
+    )
+    events_spool_queue_size: int = Field(
+        default=100_000,
+        gt=0,
+        description="Events waiting for the spool's disk (written off the request path); "
+        "past it they are dropped (logged) rather than make a request wait.",
     )
     events_spool_dir: Path | None = Field(
         default=None,
@@ -241,6 +292,11 @@ class Settings(BaseSettings):
         description="On SIGTERM, a round in progress gets this long to finish; then it is "
         "abandoned and its lease freed (the process exits within this + 10 s).",
     )
+    store_prune_s: float = Field(
+        default=600.0,
+        gt=0.0,
+        description="How often the improver applies each task's `retention` to the store.",
+    )
     improver_lease_s: float = Field(
         default=3600.0,
         gt=0.0,
@@ -256,6 +312,41 @@ class Settings(BaseSettings):
         if self.tasks_inline is not None:
             return parse_tasks(self.tasks_inline, f"{ENV_PREFIX}TASKS_INLINE")
         return load_tasks(self.tasks_file)
+
+
+def _holds_secret(annotation: object) -> bool:
+    return annotation is SecretStr or SecretStr in typing.get_args(annotation)
+
+
+# Never passed as arguments (Ray Serve keeps those in its config and shows them): each
+# process reads them from its own environment. The SecretStr fields, and the Kafka
+# pass-through options, which may carry `ssl_password` or SASL tokens.
+ENV_ONLY_FIELDS = frozenset(
+    [name for name, f in Settings.model_fields.items() if _holds_secret(f.annotation)]
+    + ["kafka_client_options"]
+)
+
+
+def public_args(settings: Settings) -> dict:
+    """The settings that may travel as arguments (JSON): all but `ENV_ONLY_FIELDS`."""
+    return settings.model_dump(mode="json", exclude=set(ENV_ONLY_FIELDS))
+
+
+def secret_env(settings: Settings) -> dict[str, str]:
+    """`ENV_ONLY_FIELDS` that are set, as the PROTEGE_* variables that give them back."""
+    env = {}
+    for name in sorted(ENV_ONLY_FIELDS):
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is None or value == {}:
+            continue
+        env[f"{ENV_PREFIX}{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    return env
+
+
+def secret_value(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
 
 
 def load_settings(**overrides: object) -> Settings:

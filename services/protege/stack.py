@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
-from protege.settings import Settings
+from protege.settings import Settings, public_args, secret_env
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +41,24 @@ def _interrupt(signum: int, frame: object) -> None:
 def settings_env(settings: Settings) -> dict[str, str]:
     """`settings` as PROTEGE_* variables, so that a child process sees the same deployment."""
     env = {}
-    for name, value in settings.model_dump(mode="json").items():
+    for name, value in public_args(settings).items():
         if value is None or isinstance(value, (dict, list)):
             continue
         env[f"PROTEGE_{name.upper()}"] = (
             str(value).lower() if isinstance(value, bool) else str(value)
         )
-    secret = settings.kafka_sasl_password
-    if secret is not None:
-        env["PROTEGE_KAFKA_SASL_PASSWORD"] = secret.get_secret_value()
-    return env
+    return {**env, **secret_env(settings)}  # a child's environment is where secrets belong
 
 
-def curl_examples(url: str, auth_disabled: bool) -> str:
-    """Commands a person can paste to try the API."""
-    header = "" if auth_disabled else " -H 'Authorization: Bearer $PROTEGE_KEY'"
+def curl_examples(url: str, auth_disabled: bool, key: str | None = None) -> str:
+    """Commands a person can paste to try the API: with `key` in them when given, else
+    reading it from $PROTEGE_KEY (double quotes, so that the shell expands it)."""
+    if auth_disabled:
+        header = ""
+    elif key:
+        header = f" -H 'Authorization: Bearer {key}'"
+    else:
+        header = ' -H "Authorization: Bearer $PROTEGE_KEY"'
     return (
         f"  curl -s {url}/v1/tasks/youtube-spam/predict{header} -H 'Content-Type: application/json' \\\n"
         f'       -d \'{{"text": "Check out my channel, subscribe!"}}\'\n'

@@ -95,8 +95,11 @@ class RoutingSpec(StrictModel):
 
 
 class LimitsSpec(StrictModel):
-    max_text_chars: int = Field(default=2000, gt=0, description="Longer texts are a 422.")
-    max_batch: int = Field(default=64, gt=0, description="Most texts in one predict call.")
+    # At most the API's own bounds (schemas.MAX_TEXT_CHARS, MAX_BATCH).
+    max_text_chars: int = Field(
+        default=2000, gt=0, le=100_000, description="Longer texts are a 422."
+    )
+    max_batch: int = Field(default=64, gt=0, le=1024, description="Most texts in one predict call.")
     top_k: int = Field(default=5, gt=0, description="How many label probabilities to return.")
 
 
@@ -297,6 +300,25 @@ class RetrainSpec(StrictModel):
         description="New texts each prompt LF may score per round (scores are cached, so "
         "coverage grows round by round); the rest abstain until scored.",
     )
+    window: int = Field(
+        default=50_000,
+        ge=1,
+        description="The newest predictions a round reads (with their feedback): a round's "
+        "time and memory stay flat however long the store's history.",
+    )
+
+
+class RetentionSpec(StrictModel):
+    """How long the improver's store keeps a task's traffic (gold is kept forever)."""
+
+    max_age_days: float | None = Field(
+        default=90.0, gt=0.0, description="Older predictions and feedback are deleted; unset: kept."
+    )
+    max_predictions: int | None = Field(
+        default=500_000,
+        ge=1,
+        description="Beyond this many, the oldest predictions (and their feedback) go; unset: all.",
+    )
 
 
 # End of Improvement specs.
@@ -314,6 +336,7 @@ class TaskSpec(StrictModel):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     labeling: LabelingSpec = Field(default_factory=LabelingSpec)
     retrain: RetrainSpec = Field(default_factory=RetrainSpec)
+    retention: RetentionSpec = Field(default_factory=RetentionSpec)
 
     @field_validator("labels")
     @classmethod

@@ -15,7 +15,7 @@ import yaml
 
 from protege.demo.options import DemoOptions
 from protege.demo.reviewers import DEFAULT_NAMES
-from protege.settings import Settings
+from protege.settings import Settings, secret_value
 from protege.taskspec import load_tasks
 
 
@@ -50,7 +50,9 @@ def demo_settings(
         keys = {who: f"demo-{secrets.token_urlsafe(16)}" for who in headers}
         entries = [f"demo-client:{keys['client']}=predict"]
         entries += [f"{name}:{keys[name]}=feedback" for name in reviewers]
-        overrides["api_keys"] = ";".join(filter(None, [base.api_keys, *entries]))
+        overrides["api_keys"] = ";".join(filter(None, [secret_value(base.api_keys), *entries]))
+        # The replay is the demo's own traffic, as fast as the app answers.
+        overrides.update(rate_per_s=0, feedback_per_hour=0)
         headers = {who: {"Authorization": f"Bearer {key}"} for who, key in keys.items()}
     return Settings(**overrides), headers
 

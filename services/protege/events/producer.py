@@ -5,8 +5,12 @@ background thread sends it with kafka-python (idempotent, acks=all). When the
 broker does not acknowledge within `kafka_ack_timeout_s`, or refuses to, or
 the queue is full, events go to the disk spool (`Spool`) and are replayed in
 order once the broker answers again; spool left by an earlier process is
-replayed at start. Each reconnect builds a fresh KafkaProducer, because a
-restarted broker has forgotten the old one's idempotent session.
+replayed at start. The caller's thread never touches the disk: a full queue's
+overflow goes to a second queue (`events_spool_queue_size`), which a thread of its
+own writes to the spool; only when that one is full too (the disk far behind) is an
+event dropped, counted and logged, rather than make a request wait. Each reconnect
+builds a fresh KafkaProducer, because a restarted broker has forgotten the old one's
+idempotent session.
 
 Delivery is at-least-once: an event whose acknowledgement was lost may arrive
 twice, with the same event_id. Events keep their publish order, except that
@@ -149,11 +153,17 @@ class EventProducer:
         self._ack_timeout_s = settings.kafka_ack_timeout_s
         self.counters = EventCounters(on_count)
         self._queue: queue.Queue[tuple[str, Event]] = queue.Queue(settings.events_queue_size)
+        # The full queue's overflow, on its way to the spool (written by _spool_writer).
+        self._overflow: queue.Queue[tuple[str, Event]] = queue.Queue(
+            settings.events_spool_queue_size
+        )
+        self.slot = -1  # which producer-<n> spool slot this process holds (set next)
         self._spool = self._open_spool()
         self._lock = threading.Lock()
         self._unsettled = 0  # accepted into the queue, not yet acknowledged or spooled
         self._published = 0
         self._thread: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
         self._closing = threading.Event()
         self._closed = False
         self._close_deadline = float("inf")
@@ -175,7 +185,11 @@ class EventProducer:
                 self._thread = threading.Thread(
                     target=self._run, name="protege-event-producer", daemon=True
                 )
+                self._writer = threading.Thread(
+                    target=self._spool_overflow, name="protege-event-spooler", daemon=True
+                )
                 self._thread.start()
+                self._writer.start()
         return self
 
     def publish(self, event: Event) -> None:
@@ -188,16 +202,19 @@ class EventProducer:
         with self._lock:
             self._published += 1
             if not self._closed:
-                try:
-                    self._queue.put_nowait((topic, event))
-                    self._unsettled += 1
-                    return
-                except queue.Full:
-                    pass
-        # Queue full (the worker is waiting on the broker) or already closed: straight to disk.
+                for waiting in (self._queue, self._overflow):
+                    try:
+                        waiting.put_nowait((topic, event))
+                        self._unsettled += 1
+                        return
+                    except queue.Full:
+                        continue
+        if not self._closed:  # both queues full: the disk cannot keep up
+            self._drop()
+            return
+        # Already closed (a request during shutdown): straight to disk.
         self._to_spool(topic, event.key.encode(), event.model_dump_json().encode())
-        if self._closed:
-            self._spool.close()  # durable now, and the slot is free for the next producer
+        self._spool.close()  # durable now, and the slot is free for the next producer
 
     def stats(self) -> dict[str, Any]:
         """Counters plus the current backlog: for /metrics, health pages and tests."""
@@ -231,13 +248,15 @@ class EventProducer:
         """
         with self._lock:
             self._closed = True
-            thread = self._thread
+            thread, writer = self._thread, self._writer
         if thread is not None:
             self._close_deadline = time.monotonic() + timeout
             self._closing.set()
             thread.join(timeout + 2 * self._ack_timeout_s)
             if thread.is_alive():  # pragma: no cover - the worker bounds every wait
                 log.error("event producer thread did not stop in time")
+        if writer is not None:
+            writer.join(timeout)
         self._spool.close()
         return self._unsettled == 0 and self._spool.pending == 0
 
@@ -251,13 +270,15 @@ class EventProducer:
         """The first free slot `<events_spool_dir>/producer-<n>`: one per live process."""
         for slot in range(MAX_SPOOL_SLOTS):
             try:
-                return Spool(
+                spool = Spool(
                     self.settings.events_spool_dir / f"producer-{slot}",
                     max_bytes=self.settings.events_spool_max_bytes,
                     segment_bytes=self.settings.events_spool_segment_bytes,
                 )
             except SpoolBusy:
                 continue
+            self.slot = slot
+            return spool
         raise RuntimeError(
             f"all {MAX_SPOOL_SLOTS} spool slots in {self.settings.events_spool_dir} are busy"
         )
@@ -296,17 +317,39 @@ class EventProducer:
         if self._spool.append(topic, key, value):
             self.counters.add("spooled")
             return
+        self._drop()
+
+    def _drop(self) -> None:
         self.counters.add("dropped")
         now = time.monotonic()
         if now - self._last_drop_log >= DROP_LOG_EVERY_S:
             self._last_drop_log = now
             log.error(
-                "event spool %s is full (%d bytes, budget %d): dropping events (%d so far)",
+                "event spool %s cannot take more (%d bytes, budget %d; %d events waiting "
+                "to be written): dropping events (%d so far)",
                 self._spool.directory,
                 self._spool.disk_bytes,
                 self._spool.max_bytes,
+                self._overflow.qsize(),
                 self.counters.dropped,
             )
+
+    def _spool_overflow(self) -> None:
+        """The spool writer: the full queue's overflow to disk, off the callers' threads."""
+        while True:
+            try:
+                topic, event = self._overflow.get(timeout=DRAIN_INTERVAL_S * 10)
+            except queue.Empty:
+                if self._closing.is_set():
+                    return
+                continue
+            try:
+                self._to_spool(topic, event.key.encode(), event.model_dump_json().encode())
+            except Exception:  # noqa: BLE001 - the writer must outlive a disk error
+                log.exception("writing an event to the spool failed")
+                self._drop()
+            finally:
+                self._settle()
 
     def _settle(self, n: int = 1) -> None:
         with self._lock:

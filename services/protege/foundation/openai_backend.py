@@ -11,7 +11,7 @@ import numpy as np
 from protege.foundation.prompts import continuations, scored_sequences
 from protege.foundation.scoring import label_probabilities
 from protege.schemas import ModelRef
-from protege.settings import Settings
+from protege.settings import Settings, secret_value
 from protege.taskspec import PromptSpec, TaskSpec
 
 
@@ -33,7 +33,7 @@ class OpenAIBackend:
         return cls(
             settings.openai_base_url,
             settings.fm_model,
-            settings.openai_api_key,
+            secret_value(settings.openai_api_key),
             settings.openai_timeout_s,
         )
 

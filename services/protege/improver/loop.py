@@ -48,7 +48,7 @@ from protege.improver.labeling.sources import default_model_name, task_lfs
 from protege.improver.training.dataset import TrainingSet
 from protege.improver.training.distill import Candidate
 from protege.improver.training.jobs import should_use_ray, train_candidate
-from protege.registry import CHAMPION, Publish, Registry, RegistryError
+from protege.registry import CHAMPION, ChampionMoved, Publish, Registry, RegistryError
 from protege.schemas import ModelEvent
 from protege.settings import Settings
 from protege.taskspec import TaskSpec
@@ -178,9 +178,14 @@ def decide(
     lf_report: dict | None = None,
     label_model: dict | None = None,
     publish: Publish | None = None,
+    judged_against: str | None = None,
 ) -> tuple[str, ModelEvent]:
     """Register the candidate with its judgement (and the LF report and label-model
-    choice it was trained from), then promote or reject it."""
+    choice it was trained from), then promote or reject it. It is promoted only over
+    the champion it was judged against (`judged_against`, "" for none; None: no
+    check): when an
+    operator moved the champion during the round, their decision stands and the
+    candidate is rejected, saying so."""
     if judgement.calibration is not None:
         update_meta(folder, threshold=judgement.calibration.threshold)
     metrics = {
@@ -197,15 +202,27 @@ def decide(
         label_model=label_model,
         report={**judgement.report(task), "validation_accuracy": candidate.validation_accuracy},
     )
+    event = None
     if judgement.decision.passed:
-        event = registry.promote(
-            task.name,
-            version,
-            reasons=judgement.reasons(),
-            metrics=judgement.headline(),
-            publish=publish,
-        )
-    else:
+        try:
+            event = registry.promote(
+                task.name,
+                version,
+                reasons=judgement.reasons(),
+                metrics=judgement.headline(),
+                publish=publish,
+                expected_champion=judged_against,
+            )
+        except ChampionMoved as exc:
+            log.warning("%s: version %s not promoted: %s", task.name, version, exc)
+            event = registry.reject(
+                task.name,
+                version,
+                [*judgement.reasons(), f"not promoted: {exc}"],
+                metrics=judgement.headline(),
+                publish=publish,
+            )
+    if event is None:
         event = registry.reject(
             task.name, version, judgement.reasons(), metrics=judgement.headline(), publish=publish
         )
@@ -322,7 +339,8 @@ def run_round(
         lfs = lf_report(labeled)
         with tempfile.TemporaryDirectory(prefix=f"protege-{task.name}-") as tmp:
             folder = candidate.write(Path(tmp) / "candidate")
-            judgement = judge(task, folder, exam, fetch_champion(registry, task))
+            champion = fetch_champion(registry, task)
+            judgement = judge(task, folder, exam, champion)
             if ledger.state(task.name).holder != holder:
                 raise LeaseLost(f"{task.name}: the round's lease is no longer {holder}'s")
             version, event = decide(
@@ -334,6 +352,7 @@ def run_round(
                 lf_report=lfs,
                 label_model=labeled.fit.summary(),
                 publish=publish,
+                judged_against=champion.version if champion else "",
             )
         report.judgement, report.version = judgement, version
         report.outcome, report.reasons = event.action.value, list(event.reasons)

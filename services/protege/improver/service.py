@@ -8,7 +8,9 @@ Three threads:
 - requests: consumes `<ns>.models` for `RetrainRequest`s (group
   `<group>-requests`: one improver replica takes each) and records them in
   the store's `RoundLedger`, so that a restart does not lose one;
-- rounds: every `Settings.improver_check_s` (at once after a request) asks each task
+- rounds: every `Settings.store_prune_s` applies each task's `retention` to the store
+  (the store's size stays bounded); every `Settings.improver_check_s` (at once after
+  a request) asks each task
   whether a round is due (`triggers.due`: a request, `retrain.every_feedback` new
   feedback events in the store, or `retrain.every_minutes` with new events) and runs
   it (`loop.run_round`), one at a time; each round's ModelEvent goes to
@@ -200,6 +202,18 @@ class ImproverService:
                 found[name] = reason
         return found
 
+    def prune(self) -> dict[str, dict[str, int]]:
+        """Apply each task's retention to the store; what was deleted, by task."""
+        deleted = {}
+        for name, task in self.tasks.items():
+            keep = task.retention
+            deleted[name] = self.store.prune(
+                name,
+                None if keep.max_age_days is None else keep.max_age_days * 86400.0,
+                keep.max_predictions,
+            )
+        return deleted
+
     def run_due(self) -> list[RoundReport]:
         """Run every due round now, one after another."""
         done = []
@@ -230,7 +244,14 @@ class ImproverService:
     # ------------------------------------------------------------------ threads
 
     def _rounds(self) -> None:
+        next_prune = 0.0
         while not self._stop.is_set():
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + self.settings.store_prune_s
+                try:
+                    self.prune()
+                except Exception:  # the store briefly away: the next turn prunes
+                    log.exception("applying retention failed")
             try:
                 self.run_due()
             except Exception:  # the store or registry briefly away: try again next check

@@ -17,6 +17,7 @@ from protege.serving.champion_watcher import ChampionWatcher
 class VersionChoice(Body):
     version: str | None = Field(
         default=None,
+        pattern=r"^[0-9]{1,12}$",
         description="Default: the challenger (promote) or the previous champion (rollback).",
     )
     reason: str | None = Field(default=None, max_length=500)
@@ -27,7 +28,9 @@ def build_admin_router(
     watcher: ChampionWatcher,
     publish: Callable[[Event], None] | None,
     route_class,
+    errors: Callable[..., dict],
 ) -> APIRouter:
+    """`errors(*codes)` documents the error answers of each route."""
     router = APIRouter(
         prefix="/v1/admin/tasks/{task}",
         tags=["admin"],
@@ -57,21 +60,23 @@ def build_admin_router(
         )  # this replica swaps now; the event tells the others
         return event
 
-    @router.get("/models")
+    @router.get("/models", responses=errors(404))
     async def list_models(task: str = Depends(known)) -> list[dict]:
         """Every registered version, newest first, with its aliases and metrics."""
         registry = await asyncio.to_thread(lambda: watcher.registry)
         return [info.__dict__ for info in await asyncio.to_thread(registry.list, task)]
 
-    @router.post("/promote", response_model=ModelEvent)
+    @router.post("/promote", response_model=ModelEvent, responses=errors(404, 409))
     async def promote(choice: VersionChoice, task: str = Depends(known)) -> ModelEvent:
         return await move(task, "promote", choice)
 
-    @router.post("/rollback", response_model=ModelEvent)
+    @router.post("/rollback", response_model=ModelEvent, responses=errors(404, 409))
     async def rollback(choice: VersionChoice, task: str = Depends(known)) -> ModelEvent:
         return await move(task, "rollback", choice)
 
-    @router.post("/retrain", status_code=202, response_model=RetrainRequest)
+    @router.post(
+        "/retrain", status_code=202, response_model=RetrainRequest, responses=errors(404, 503)
+    )
     async def retrain(task: str = Depends(known)) -> RetrainRequest:
         """Ask the improver for a new candidate now (it trains one task at a time)."""
         if publish is None:

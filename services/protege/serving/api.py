@@ -4,8 +4,10 @@ document at /docs is the API reference."""
 from __future__ import annotations
 
 import logging
+import math
+import uuid
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -23,11 +25,32 @@ from protege.serving.admin_api import build_admin_router
 from protege.serving.auth import ApiKeys, Identity, require
 from protege.serving.champion_watcher import ChampionWatcher
 from protege.serving.gateway import GatewayCore, InputError, UnknownPrediction
+from protege.serving.limits import BodyLimit, CallerLimits
+from protege.serving.router import FoundationUnavailable
+from protege.settings import Settings
 from protege.taskspec import TaskSpec
 
 log = logging.getLogger(__name__)
 
-ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody}}
+ERROR_MEANINGS = {
+    400: "The request body is not UTF-8.",
+    401: "No API key, or an unknown one.",
+    403: "The key lacks the route's role, or names another reviewer.",
+    404: "Unknown task or prediction id.",
+    409: "The registry cannot do that (no such version, nothing to roll back to).",
+    413: "The request body is over PROTEGE_MAX_BODY_BYTES.",
+    429: "Over the key's request rate or the reviewer's verdict quota; see Retry-After.",
+    503: "Try again (see Retry-After): the foundation model is unavailable or overloaded.",
+}
+
+
+def errors(*codes: int) -> dict:
+    """OpenAPI `responses` for the error codes a route may answer (400, 401, 403, 413
+    and 429 come with every route behind a key)."""
+    return {
+        code: {"model": ErrorBody, "description": ERROR_MEANINGS[code]}
+        for code in sorted({400, 401, 403, 413, 429, *codes})
+    }
 
 
 class Utf8Route(APIRoute):
@@ -62,17 +85,29 @@ def reviewer_of(identity: Identity, claimed: str | None, auth_disabled: bool) ->
 
 
 def build_api(
-    core: GatewayCore, api_keys: ApiKeys, watcher: ChampionWatcher | None = None
+    core: GatewayCore,
+    api_keys: ApiKeys,
+    watcher: ChampionWatcher | None = None,
+    settings: Settings | None = None,
 ) -> FastAPI:
+    """The app; `settings` gives the limits (body size, rates, quotas, Retry-After).
+    With auth disabled there are no identities to limit: no rates or quotas."""
+    settings = settings or Settings()
     app = FastAPI(
         title="Protégé",
         version=__version__,
         description="Classify text with a specialist that a foundation model teaches; send feedback.",
     )
     app.state.api_keys = api_keys
+    limits = None if api_keys.disabled else CallerLimits.from_settings(settings)
+    app.state.limits = limits
+    retry_after = str(max(1, math.ceil(settings.retry_after_s)))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     router = APIRouter(route_class=Utf8Route)
 
-    async def task_of(task: str) -> TaskSpec:
+    async def task_of(
+        task: str = Path(description="A configured task's name.", examples=sorted(core.tasks)),
+    ) -> TaskSpec:
         spec = core.tasks.get(task)
         if spec is None:
             raise HTTPException(404, f"unknown task {task!r}; known: {sorted(core.tasks)}")
@@ -81,28 +116,33 @@ def build_api(
     @router.post(
         "/v1/tasks/{task}/predict",
         response_model=PredictResponse,
-        responses=ERRORS,
+        responses=errors(404, 503),
         dependencies=[Depends(require("predict"))],
         tags=["predict"],
     )
     async def predict(body: PredictRequest, spec: TaskSpec = Depends(task_of)) -> PredictResponse:
-        """Classify one `text` or a batch of `texts`."""
+        """Classify one `text` or a batch of `texts`. When the FM cannot answer an
+        escalation in time, the specialist's answer comes back with `degraded: true`."""
         core.check_limits(spec, body.items, "text" if body.text is not None else "texts")
         return await core.predict(spec, body.items)
 
     @router.post(
         "/v1/feedback",
         response_model=FeedbackResponse,
-        responses=ERRORS,
+        responses=errors(404),
         tags=["feedback"],
     )
     async def feedback(
         body: FeedbackRequest, identity: Identity = Depends(require("feedback"))
     ) -> FeedbackResponse:
         """Thumbs up or down on a prediction, with an optional corrected label. The
-        reviewer is the API key's name; a `reviewer` in the body must equal it."""
+        reviewer is the API key's name; a `reviewer` in the body must equal it. Each
+        reviewer has an hourly verdict quota (429 past it)."""
+        reviewer = reviewer_of(identity, body.reviewer, api_keys.disabled)
+        if limits is not None:
+            limits.admit_verdict(reviewer)
         try:
-            event = core.feedback(body, reviewer_of(identity, body.reviewer, api_keys.disabled))
+            event = core.feedback(body, reviewer)
         except UnknownPrediction:
             raise HTTPException(404, "unknown prediction_id") from None
         return FeedbackResponse(
@@ -115,6 +155,7 @@ def build_api(
     @router.get(
         "/v1/tasks",
         response_model=list[TaskSummary],
+        responses=errors(),
         tags=["tasks"],
         dependencies=[Depends(require("predict"))],
     )
@@ -124,7 +165,7 @@ def build_api(
     @router.get(
         "/v1/tasks/{task}",
         response_model=TaskSummary,
-        responses=ERRORS,
+        responses=errors(404),
         tags=["tasks"],
         dependencies=[Depends(require("predict"))],
     )
@@ -135,12 +176,17 @@ def build_api(
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @router.get("/readyz", tags=["health"])
+    @router.get("/readyz", tags=["health"], responses={503: {"description": "Not ready yet."}})
     async def readyz() -> JSONResponse:
         ready, detail = await core.readiness()
         return JSONResponse({"ready": ready, **detail}, status_code=200 if ready else 503)
 
-    @router.get("/v1/admin/event-log", tags=["admin"], dependencies=[Depends(require("admin"))])
+    @router.get(
+        "/v1/admin/event-log",
+        tags=["admin"],
+        responses=errors(404),
+        dependencies=[Depends(require("admin"))],
+    )
     async def event_log() -> dict:
         """This replica's event producer: produced, spooled, replayed, dropped, backlog."""
         if core.event_stats is None:
@@ -149,7 +195,9 @@ def build_api(
 
     app.include_router(router)
     if watcher is not None:
-        app.include_router(build_admin_router(set(core.tasks), watcher, core.publish, Utf8Route))
+        app.include_router(
+            build_admin_router(set(core.tasks), watcher, core.publish, Utf8Route, errors)
+        )
 
     @app.exception_handler(InputError)
     async def input_error(_: Request, exc: InputError) -> JSONResponse:
@@ -161,9 +209,22 @@ def build_api(
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
         return JSONResponse({"detail": errors}, 422)
 
+    @app.exception_handler(FoundationUnavailable)
+    async def try_again(request: Request, exc: FoundationUnavailable) -> JSONResponse:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": retry_after})
+
     @app.exception_handler(Exception)
-    async def model_failure(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("request %s %s failed", request.method, request.url.path)
-        return JSONResponse({"detail": f"a model failed to answer: {type(exc).__name__}"}, 503)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        # Ray Serve's proxy gives each request an x-request-id (and returns it); its
+        # logs carry it too. Without Serve, make one.
+        request_id = request.headers.get("x-request-id")
+        headers = {} if request_id else {"X-Request-ID": (request_id := uuid.uuid4().hex)}
+        log.exception("request %s: %s %s failed", request_id, request.method, request.url.path)
+        return JSONResponse(
+            {"detail": f"internal error ({type(exc).__name__}); request id {request_id}"},
+            500,
+            headers=headers,
+        )
 
     return app

@@ -12,6 +12,9 @@ Keys come from `PROTEGE_API_KEYS` (`[name:]KEY=role,role;...`, e.g.
 YAML): `{"keys": [{"name": "ana", "sha256": "<hex of the key>", "roles": ["feedback"]},
 {"name": "ops", "key": "<the key>", "roles": ["admin"]}]}`, or the older
 `{KEY: [roles]}`. A key without a name is called `key-<first 8 hex of its sha256>`.
+An entry may set its own limits: `rate_per_s`, `rate_burst`, `feedback_per_hour`
+(default: the PROTEGE_ settings of those names). `protege keys create` writes such
+files (the sha256 only); a running gateway rereads the file when it changes.
 Presented keys are compared in constant time against every configured key.
 """
 
@@ -21,6 +24,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +46,10 @@ class Identity:
 
     name: str
     roles: frozenset[str]
+    # This key's own limits (keys file); None: the deployment's settings.
+    rate_per_s: float | None = None
+    rate_burst: int | None = None
+    feedback_per_hour: int | None = None
 
     @property
     def trusted(self) -> bool:
@@ -74,18 +82,56 @@ def expand_roles(roles: frozenset[str] | set[str]) -> frozenset[str]:
     return frozenset(expanded)
 
 
-class ApiKeys:
-    """The configured keys, by digest; `identify` finds the caller of a presented key."""
+KEY_FILE_CHECK_S = 1.0  # how often a gateway looks whether the keys file changed
 
-    def __init__(self, identities: dict[str, Identity], disabled: bool = False):
-        # digest (hex of sha256) -> identity; equal-length digests, so compare_digest
-        # leaks nothing about lengths.
-        names = [identity.name for identity in identities.values()]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"API key names must be unique: {duplicates}")
-        self._keys = [(bytes.fromhex(d), identity) for d, identity in identities.items()]
+
+def _digest_list(identities: dict[str, Identity]) -> list[tuple[bytes, Identity]]:
+    # digest (hex of sha256) -> identity; equal-length digests, so compare_digest
+    # leaks nothing about lengths.
+    names = [identity.name for identity in identities.values()]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"API key names must be unique: {duplicates}")
+    return [(bytes.fromhex(d), identity) for d, identity in identities.items()]
+
+
+class ApiKeys:
+    """The configured keys, by digest; `identify` finds the caller of a presented key.
+    Keys from `file` are reread when the file changes (a bad edit keeps the old keys)."""
+
+    def __init__(
+        self, identities: dict[str, Identity], disabled: bool = False, file: Path | None = None
+    ):
+        self._fixed = dict(identities)
+        self._file = Path(file) if file else None
+        self._file_stamp: tuple[int, int] | None = None
+        self._next_check = 0.0
+        self._keys = _digest_list(self._fixed)
+        if self._file is not None:
+            self._reload(raise_errors=True)
         self.disabled = disabled
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def _reload(self, raise_errors: bool = False) -> None:
+        try:
+            stat = self._file.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if stamp == self._file_stamp:
+                return
+            self._keys = _digest_list({**self._fixed, **read_key_file(self._file)})
+            self._file_stamp = stamp
+        except (OSError, ValueError) as exc:
+            if raise_errors:
+                raise
+            log.error("keys file %s unreadable, keeping the keys read before: %s", self._file, exc)
+
+    def _maybe_reload(self) -> None:
+        now = time.monotonic()
+        if self._file is not None and now >= self._next_check:
+            self._next_check = now + KEY_FILE_CHECK_S
+            self._reload()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiKeys:
@@ -99,14 +145,14 @@ class ApiKeys:
             return cls({}, disabled=True)
         identities: dict[str, Identity] = {}
         if settings.api_keys:
-            identities.update(parse_key_list(settings.api_keys))
-        if settings.api_keys_file:
-            identities.update(read_key_file(settings.api_keys_file))
-        if not identities:
+            identities.update(parse_key_list(settings.api_keys.get_secret_value()))
+        keys = cls(identities, file=settings.api_keys_file)
+        if not len(keys):
             log.warning("no API keys configured: every request will get 401")
-        return cls(identities)
+        return keys
 
     def identify(self, presented: str) -> Identity | None:
+        self._maybe_reload()
         digest = hashlib.sha256(presented.encode()).digest()
         found = None
         for key_digest_, identity in self._keys:  # no early exit: same time for every key
@@ -150,6 +196,7 @@ def read_key_file(path: Path) -> dict[str, Identity]:
             found[digest] = Identity(
                 str(entry.get("name") or default_name(digest)),
                 expand_roles({roles} if isinstance(roles, str) else set(roles)),
+                **_own_limits(entry, f"{path}: keys[{i}]"),
             )
         return found
     if not isinstance(raw, dict):
@@ -163,6 +210,21 @@ def read_key_file(path: Path) -> dict[str, Identity]:
     }
 
 
+LIMIT_FIELDS = {"rate_per_s": float, "rate_burst": int, "feedback_per_hour": int}
+
+
+def _own_limits(entry: dict, where: str) -> dict:
+    limits = {}
+    for name, kind in LIMIT_FIELDS.items():
+        if entry.get(name) is None:
+            continue
+        value = entry[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{where}.{name} must be a number >= 0")
+        limits[name] = kind(value)
+    return limits
+
+
 def presented_key(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
@@ -171,7 +233,8 @@ def presented_key(request: Request) -> str | None:
 
 
 def require(role: str):
-    """A dependency that admits requests whose key holds `role` and returns its Identity."""
+    """A dependency that admits requests whose key holds `role` and is within its
+    request rate (`app.state.limits`, a CallerLimits, when set), and returns its Identity."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
 
@@ -191,6 +254,9 @@ def require(role: str):
             raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
         if not identity.has(role):
             raise HTTPException(403, f"this API key lacks the {role!r} role")
+        limits = getattr(request.app.state, "limits", None)
+        if limits is not None:
+            limits.admit_request(identity)
         return identity
 
     return check

@@ -2,14 +2,19 @@
 Kafka triggers a check at once; polling the alias is the fallback when an event
 is missed or Kafka is down. New models load in the background and swap
 atomically (`SpecialistSlots.swap`); a version that fails to load is not
-retried until the alias moves again."""
+retried until the alias moves again.
+
+Each replica reads the model events in a consumer group of its own (every replica
+must see every event), named after its place, not drawn at random: a restarted
+replica takes its predecessor's group and offsets, instead of leaving one more group
+behind and rereading the topic from the start."""
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
-import uuid
 
 from protege.schemas import ModelEvent
 from protege.serving.specialists import SpecialistSlots
@@ -19,9 +24,18 @@ log = logging.getLogger(__name__)
 
 
 class ChampionWatcher:
-    def __init__(self, slots: SpecialistSlots, settings: Settings, registry=None):
+    def __init__(
+        self,
+        slots: SpecialistSlots,
+        settings: Settings,
+        registry=None,
+        replica_slot: int = 0,
+    ):
+        """`replica_slot`: this replica's number among the live ones on this host (the
+        event producer's spool slot): with the host name, its consumer group."""
         self.slots = slots
         self.settings = settings
+        self.group_id = f"{settings.namespace}-gateway-{socket.gethostname()}-{replica_slot}"
         self._registry = registry
         self._failed: dict[str, str] = {}  # task -> version that failed to load
         self._stop = threading.Event()
@@ -91,6 +105,8 @@ class ChampionWatcher:
             for task in {e.task for e in events if isinstance(e, ModelEvent)}:
                 if task in self.slots.tasks:
                     self.check(task)
+        if consumer is not None:
+            consumer.close()  # leave the group now; the next replica in this slot takes it
 
     def _model_events(self):
         if not self.settings.kafka_bootstrap:
@@ -98,11 +114,8 @@ class ChampionWatcher:
         from protege.events.consumer import EventConsumer
 
         try:
-            # A group of its own per replica: every replica must see every model event.
             return EventConsumer(
-                self.settings,
-                group_id=f"{self.settings.namespace}-gateway-{uuid.uuid4().hex[:12]}",
-                topics=[self.settings.kafka_topic_models],
+                self.settings, group_id=self.group_id, topics=[self.settings.kafka_topic_models]
             )
         except Exception as exc:
             log.warning("no model events (polling only): %r", exc)

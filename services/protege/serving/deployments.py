@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 class FoundationModel:
     """texts -> label probabilities, batched across concurrent callers."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, args: dict):
+        settings = Settings(**args)  # secrets from this process's environment
         self.tasks = settings.load_tasks()
         self.backend = create_backend(settings)
         self._score_batch.set_max_batch_size(settings.fm_max_batch)
@@ -60,7 +61,8 @@ class FoundationModel:
 class Gateway:
     """The FastAPI ingress: auth, validation, routing, the in-process specialists."""
 
-    def __init__(self, settings: Settings, foundation):
+    def __init__(self, args: dict, foundation):
+        settings = Settings(**args)  # secrets from this process's environment
         tasks = settings.load_tasks()
         self.specialists = SpecialistSlots(tasks, settings)
         self.specialists.load_local()
@@ -74,11 +76,17 @@ class Gateway:
             publish=self.events.publish if self.events else None,
             event_stats=self.events.stats if self.events else None,
             shadow_max_inflight=settings.shadow_max_inflight,
+            fm_deadline_s=settings.fm_deadline_s,
         )
         self.api_keys = ApiKeys.from_settings(settings)
+        self.settings = settings
         self.watcher = None
         if settings.watch_registry and settings.mlflow_tracking_uri:
-            self.watcher = ChampionWatcher(self.specialists, settings).start()
+            self.watcher = ChampionWatcher(
+                self.specialists,
+                settings,
+                replica_slot=self.events.slot if self.events is not None else 0,
+            ).start()
 
     def __del__(self):
         if self.watcher is not None:
@@ -87,7 +95,7 @@ class Gateway:
             self.events.close(timeout=5)
 
     def __serve_build_asgi_app__(self):
-        return build_api(self.core, self.api_keys, self.watcher)
+        return build_api(self.core, self.api_keys, self.watcher, self.settings)
 
 
 def event_producer(settings: Settings):

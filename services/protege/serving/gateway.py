@@ -27,7 +27,7 @@ from protege.serving.auth import Identity
 from protege.serving.foundation_client import FoundationClient
 from protege.serving.metrics import ServingMetrics
 from protege.serving.prediction_ids import PredictionIds
-from protege.serving.router import ModelAnswer, RoutedAnswer, Router
+from protege.serving.router import FoundationUnavailable, ModelAnswer, RoutedAnswer, Router
 from protege.serving.specialists import SpecialistSlots
 from protege.taskspec import TaskSpec
 
@@ -76,6 +76,7 @@ class GatewayCore:
         publish: Callable[[Event], None] | None = None,
         event_stats: Callable[[], dict] | None = None,
         shadow_max_inflight: int = 2,
+        fm_deadline_s: float | None = None,
     ):
         self.tasks = tasks
         self.foundation = foundation
@@ -86,7 +87,9 @@ class GatewayCore:
         self.event_stats = event_stats
         self.shadow_max_inflight = shadow_max_inflight
         self.router = Router(
-            foundation.score, lambda: foundation.ref or ModelRef(model="foundation", version="?")
+            foundation.score,
+            lambda: foundation.ref or ModelRef(model="foundation", version="?"),
+            deadline_s=fm_deadline_s,
         )
         self._background: set[asyncio.Task] = set()
 
@@ -122,6 +125,10 @@ class GatewayCore:
             )
         try:
             answers = await self.router.route(task, texts, ids, specialist)
+        except FoundationUnavailable:
+            if self.metrics:
+                self.metrics.error(task.name, "foundation_unavailable")
+            raise
         except Exception:
             if self.metrics:
                 self.metrics.error(task.name, "model")
@@ -131,7 +138,7 @@ class GatewayCore:
         if self.metrics:
             self.metrics.observe_latency(task.name, latency_ms)
             for p in predictions:
-                self.metrics.answered(task.name, p.route.value, p.served_by.model)
+                self.metrics.answered(task.name, p.route.value, p.served_by.model, p.degraded)
         for text, prediction, answer in zip(texts, predictions, answers):
             if answer.shadow and len(self._background) >= self.shadow_max_inflight:
                 answer.shadow = False  # the FM is busy: skip the comparison, not the answer
@@ -153,6 +160,7 @@ class GatewayCore:
             probabilities=top_k(task, probs, task.limits.top_k),
             served_by=answer.answer.model,
             route=answer.route,
+            degraded=answer.degraded,
             latency_ms=round(latency_ms, 3),
         )
 
@@ -173,6 +181,7 @@ class GatewayCore:
                 specialist=model_output(task, answer.specialist),
                 foundation=model_output(task, answer.foundation),
                 shadow=answer.shadow,
+                degraded=prediction.degraded,
                 latency_ms=prediction.latency_ms,
             )
         )
@@ -182,7 +191,7 @@ class GatewayCore:
     ) -> None:
         """The FM's opinion on a specialist answer: recorded, never returned."""
         try:
-            probs = (await self.foundation.score(task, [text]))[0]
+            probs = (await self.router.score_foundation(task, [text]))[0]
             answer.foundation = ModelAnswer(self.foundation.ref or prediction.served_by, probs)
             if self.metrics:
                 self.metrics.shadow_run(

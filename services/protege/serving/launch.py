@@ -8,9 +8,13 @@ import time
 
 import httpx
 
-from protege.settings import Settings
+from protege.settings import ENV_ONLY_FIELDS, ENV_PREFIX, Settings, public_args, secret_env
 
 log = logging.getLogger(__name__)
+
+# PROTEGE_* secrets start_serve put into this process's environment, with the values they
+# replaced (None: unset), so that stop_serve gives the process its environment back.
+_exported: dict[str, str | None] = {}
 
 # Measured on 2-core machines with a trivial handler: direct ingress + HA proxy + gRPC
 # between replicas cut a request's Serve overhead from ~14 ms to ~1.3 ms.
@@ -45,25 +49,64 @@ def start_serve(
         os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
         os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
     if not ray.is_initialized():
+        export_secrets(settings)
         ray.init(
             include_dashboard=False,
             log_to_driver=False,
             _metrics_export_port=metrics_port,
+            # Not PROTEGE_*: a runtime_env is shown in Ray's job and Serve details.
             runtime_env={
                 "env_vars": {
                     k: v
                     for k, v in os.environ.items()
-                    if k.startswith(("PROTEGE_", "RAY_SERVE_", "HF_", "TRANSFORMERS_"))
+                    if k.startswith(("RAY_SERVE_", "HF_", "TRANSFORMERS_"))
                 }
             },
         )
+    else:
+        check_secrets_match(settings)
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
-    serve.run(
-        build_app(settings.model_dump(mode="json")), name=app_name, route_prefix="/", blocking=False
-    )
+    serve.run(build_app(public_args(settings)), name=app_name, route_prefix="/", blocking=False)
     url = f"http://{settings.http_host}:{settings.http_port}"
     wait_ready(url)
     return url
+
+
+def secret_variables() -> list[str]:
+    return [f"{ENV_PREFIX}{name.upper()}" for name in sorted(ENV_ONLY_FIELDS)]
+
+
+def export_secrets(settings: Settings) -> None:
+    """Put the settings' secrets in this process's environment, just before `ray.init`:
+    the raylet it starts inherits it, and the replicas the raylet starts inherit the
+    raylet's, so they read the secrets as any process reads its own."""
+    wanted = secret_env(settings)
+    for name in secret_variables():
+        _exported.setdefault(name, os.environ.get(name))
+        if name in wanted:
+            os.environ[name] = wanted[name]
+        else:  # unset here: the replicas must not find a stale one either
+            os.environ.pop(name, None)
+
+
+def check_secrets_match(settings: Settings) -> None:
+    """Ray already runs: its replicas see the environment it was started with."""
+    wanted = secret_env(settings)
+    stale = [n for n in secret_variables() if os.environ.get(n) != wanted.get(n)]
+    if stale:
+        raise RuntimeError(
+            f"{stale} differ from the environment Ray was started with, and its replicas "
+            "would not see the new values: stop Ray first (stop_serve)"
+        )
+
+
+def restore_environment() -> None:
+    for name, previous in _exported.items():
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+    _exported.clear()
 
 
 def wait_ready(url: str, timeout_s: float = 300.0) -> dict:
@@ -88,3 +131,4 @@ def stop_serve() -> None:
 
     serve.shutdown()
     ray.shutdown()
+    restore_environment()

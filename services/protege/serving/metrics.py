@@ -31,14 +31,21 @@ class ServingMetrics:
             description="Shadow FM runs, by whether the FM agreed.",
             tag_keys=("task", "agreed"),
         )
+        self.degraded = Counter(
+            "protege_degraded",
+            description="Escalated texts answered by the specialist because the FM could not.",
+            tag_keys=("task",),
+        )
         self.errors = Counter(
             "protege_errors",
             description="Failed requests by task and kind.",
             tag_keys=("task", "kind"),
         )
 
-    def answered(self, task: str, route: str, model: str) -> None:
+    def answered(self, task: str, route: str, model: str, degraded: bool = False) -> None:
         self.requests.inc(tags={"task": task, "route": route, "model": model})
+        if degraded:
+            self.degraded.inc(tags={"task": task})
         if route == "escalated":
             self.escalations.inc(tags={"task": task})
 

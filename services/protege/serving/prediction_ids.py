@@ -6,10 +6,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
 
+from protege.serving.keyfiles import write_private
 from protege.settings import Settings
 from protege.taskspec import valid_task_name
 
@@ -25,7 +25,7 @@ class PredictionIds:
     @classmethod
     def from_settings(cls, settings: Settings) -> PredictionIds:
         if settings.signing_secret:
-            return cls(settings.signing_secret.encode())
+            return cls(settings.signing_secret.get_secret_value().encode())
         return cls(local_secret(settings.home / "signing.key"))
 
     def _sign(self, payload: str) -> str:
@@ -48,16 +48,8 @@ class PredictionIds:
 
 
 def local_secret(path: Path) -> bytes:
-    """A per-machine secret for one-node use; clusters set PROTEGE_SIGNING_SECRET."""
+    """A per-machine secret for one-node use; clusters set PROTEGE_SIGNING_SECRET.
+    Created 0600 from its first byte; when two processes race, both use the first."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-        tmp.write_bytes(secrets.token_bytes(32))
-        tmp.chmod(0o600)
-        try:
-            os.link(tmp, path)  # fails if another process created it first: use theirs
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+        write_private(path, secrets.token_bytes(32), replace=False)
     return path.read_bytes()

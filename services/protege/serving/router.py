@@ -7,11 +7,17 @@ small async class, so that tests exercise every policy without Ray.
   otherwise the text is escalated to the FM.
 - shadow_rate: on that share of specialist answers the FM also runs, off the
   critical path; its answer is recorded, never returned.
+
+Every FM call has a deadline. An escalation the FM cannot answer in time (or at all)
+keeps the specialist's answer, marked `degraded`; a text only the FM can answer
+raises `FoundationUnavailable` (a 503: try again).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -20,7 +26,13 @@ import numpy as np
 from protege.schemas import ModelRef, Route
 from protege.taskspec import Policy, TaskSpec
 
+log = logging.getLogger(__name__)
+
 ScoreFn = Callable[[TaskSpec, list[str]], Awaitable[np.ndarray]]
+
+
+class FoundationUnavailable(RuntimeError):
+    """The FM failed or missed its deadline: worth trying again later."""
 
 
 @dataclass
@@ -36,6 +48,7 @@ class RoutedAnswer:
     specialist: ModelAnswer | None = None
     foundation: ModelAnswer | None = None
     shadow: bool = False  # the FM should also score this text, in the background
+    degraded: bool = False  # the FM should have answered and could not: the specialist did
 
 
 def escalates(policy: Policy, confidence: float, threshold: float) -> bool:
@@ -54,9 +67,30 @@ def in_shadow_sample(prediction_id: str, rate: float) -> bool:
 class Router:
     """Routes one batch of texts of one task; the models are async callables."""
 
-    def __init__(self, score_foundation: ScoreFn, foundation_ref: Callable[[], ModelRef]):
-        self.score_foundation = score_foundation
+    def __init__(
+        self,
+        score_foundation: ScoreFn,
+        foundation_ref: Callable[[], ModelRef],
+        deadline_s: float | None = None,
+    ):
+        self._score_foundation = score_foundation
         self.foundation_ref = foundation_ref
+        self.deadline_s = deadline_s
+
+    async def score_foundation(self, task: TaskSpec, texts: list[str]) -> np.ndarray:
+        """The FM's answers within the deadline, or FoundationUnavailable."""
+        try:
+            return await asyncio.wait_for(self._score_foundation(task, texts), self.deadline_s)
+        except TimeoutError:
+            raise FoundationUnavailable(
+                f"the foundation model did not answer within {self.deadline_s:g} s"
+            ) from None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a remote model: any failure there is "not now"
+            raise FoundationUnavailable(
+                f"the foundation model failed to answer: {type(exc).__name__}"
+            ) from exc
 
     async def route(
         self,
@@ -82,13 +116,21 @@ class Router:
         ]
         escalated = [i for i, p in enumerate(probs) if escalates(policy, float(p.max()), threshold)]
         if escalated:
-            fm_probs = await self.score_foundation(task, [texts[i] for i in escalated])
-            fm_ref = self.foundation_ref()
-            for i, p in zip(escalated, fm_probs):
-                answers[i].route = Route.escalated
-                answers[i].answer = answers[i].foundation = ModelAnswer(fm_ref, p)
+            try:
+                fm_probs = await self.score_foundation(task, [texts[i] for i in escalated])
+            except FoundationUnavailable as exc:
+                log.warning(
+                    "%s: %s; %d specialist answers degraded", task.name, exc, len(escalated)
+                )
+                for i in escalated:
+                    answers[i].degraded = True
+            else:
+                fm_ref = self.foundation_ref()
+                for i, p in zip(escalated, fm_probs):
+                    answers[i].route = Route.escalated
+                    answers[i].answer = answers[i].foundation = ModelAnswer(fm_ref, p)
         for answer, prediction_id in zip(answers, prediction_ids):
-            answer.shadow = answer.route is Route.specialist and in_shadow_sample(
-                prediction_id, task.routing.shadow_rate
-            )
+            answer.shadow = (
+                answer.route is Route.specialist and not answer.degraded
+            ) and in_shadow_sample(prediction_id, task.routing.shadow_rate)
         return answers

@@ -23,8 +23,8 @@ class Examples:
 
 
 def gather(store: ExampleStore, task: TaskSpec) -> Examples:
-    """The task's traffic and gold, from the store."""
-    points = store.points(task.name)
+    """The task's newest traffic (`retrain.window` predictions) and its gold, from the store."""
+    points = store.points(task.name, limit=task.retrain.window)
     gold = gold_examples(store, task, points)
     seen = {text_hash(x.text) for x in points}
     points += [

@@ -99,6 +99,16 @@ fm_scores = sa.Table(
     sa.Column("probs", sa.Text, nullable=False),  # JSON list, in the task's label order
 )
 
+# Events deleted by retention, per task and kind: the retrain triggers count every event
+# ever stored, so a prune must not make the counts go back.
+pruned = sa.Table(
+    "pruned_events",
+    metadata,
+    sa.Column("task", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+)
+
 reports = sa.Table(
     "reports",
     metadata,
@@ -254,15 +264,84 @@ class ExampleStore:
         }
 
     def event_counts(self, task: str) -> tuple[int, int]:
-        """(feedback events, all events) stored for `task`: what retrain triggers count."""
+        """(feedback events, all events) ever stored for `task` (pruned ones included):
+        what retrain triggers count."""
+        counts: dict[str, int] = defaultdict(int)
         with self.engine.connect() as conn:
-            rows = conn.execute(
+            for kind, n in conn.execute(
                 sa.select(events.c.kind, sa.func.count())
                 .where(events.c.task == task)
                 .group_by(events.c.kind)
-            ).all()
-        counts = dict(rows)
+            ):
+                counts[kind] += int(n)
+            for kind, n in conn.execute(
+                sa.select(pruned.c.kind, pruned.c.count).where(pruned.c.task == task)
+            ):
+                counts[kind] += int(n)
         return int(counts.get("feedback", 0)), int(sum(counts.values()))
+
+    # ------------------------------------------------------------------ retention
+
+    def prune(
+        self,
+        task: str,
+        max_age_s: float | None,
+        max_predictions: int | None,
+        now: float | None = None,
+    ) -> dict[str, int]:
+        """Delete the task's predictions older than `max_age_s` or beyond the newest
+        `max_predictions`, the feedback on them and feedback older than `max_age_s`, and
+        the event ids older than `max_age_s` (a redelivery older than that is long
+        past). Gold, FM scores and reports stay. Returns what was deleted, by table."""
+        now = time.time() if now is None else now
+        cutoff = now - max_age_s if max_age_s else None
+        deleted = {"predictions": 0, "feedback": 0, "events": 0}
+        with self.engine.begin() as conn:
+            old = predictions.c.task == task
+            keep_from = cutoff
+            if max_predictions:
+                # The timestamp of the newest prediction past the size limit.
+                edge = conn.execute(
+                    sa.select(predictions.c.timestamp)
+                    .where(old)
+                    .order_by(predictions.c.timestamp.desc())
+                    .offset(max_predictions - 1)
+                    .limit(1)
+                ).scalar()
+                if edge is not None:
+                    keep_from = edge if keep_from is None else max(keep_from, edge)
+            if keep_from is not None:
+                gone = sa.select(predictions.c.prediction_id).where(
+                    old & (predictions.c.timestamp < keep_from)
+                )
+                deleted["feedback"] += conn.execute(
+                    feedback.delete().where(feedback.c.prediction_id.in_(gone))
+                ).rowcount
+                deleted["predictions"] = conn.execute(
+                    predictions.delete().where(old & (predictions.c.timestamp < keep_from))
+                ).rowcount
+            if cutoff is not None:
+                deleted["feedback"] += conn.execute(
+                    feedback.delete().where(
+                        (feedback.c.task == task) & (feedback.c.timestamp < cutoff)
+                    )
+                ).rowcount
+                stale = (events.c.task == task) & (events.c.received_at < cutoff)
+                for kind, n in conn.execute(
+                    sa.select(events.c.kind, sa.func.count()).where(stale).group_by(events.c.kind)
+                ).all():
+                    self._tally_pruned(conn, task, kind, int(n))
+                deleted["events"] = conn.execute(events.delete().where(stale)).rowcount
+        if any(deleted.values()):
+            log.info("%s: retention deleted %s", task, deleted)
+        return deleted
+
+    def _tally_pruned(self, conn, task: str, kind: str, n: int) -> None:
+        key = (pruned.c.task == task) & (pruned.c.kind == kind)
+        if conn.execute(sa.select(pruned.c.count).where(key)).first() is None:
+            conn.execute(pruned.insert().values(task=task, kind=kind, count=n))
+        else:
+            conn.execute(pruned.update().where(key).values(count=pruned.c.count + n))
 
     def foundation_answers(self, task: str, hashes: Iterable[str]) -> dict[str, tuple[str, float]]:
         """text hash -> (label, confidence) of the latest prediction event of the task that
@@ -306,19 +385,28 @@ class ExampleStore:
             return [dict(r._mapping) for r in rows]
 
     def points(self, task: str, limit: int | None = None) -> list[DataPoint]:
-        """One data point per distinct text of the task's predictions (latest first in
-        ties), with every reviewer's latest verdict on any prediction of that text."""
+        """One data point per distinct text of the task's newest `limit` predictions
+        (all when None), with every reviewer's latest verdict on any prediction of that
+        text. The window is cut in SQL: a round reads `limit` rows, not the history."""
         with self.engine.connect() as conn:
-            rows = conn.execute(
+            query = (
                 sa.select(predictions)
                 .where(predictions.c.task == task)
-                .order_by(predictions.c.timestamp)
-            ).all()
-            fb_rows = conn.execute(
+                .order_by(predictions.c.timestamp.desc())
+            )
+            if limit:
+                query = query.limit(limit)
+            rows = conn.execute(query).all()[::-1]  # oldest first
+            window_hashes = {r.text_hash for r in rows}
+            fb_query = (
                 sa.select(feedback, predictions.c.text_hash, predictions.c.label.label("served"))
                 .join(predictions, predictions.c.prediction_id == feedback.c.prediction_id)
                 .where(feedback.c.task == task)
-            ).all()
+            )
+            if limit:
+                oldest = rows[0].timestamp if rows else 0.0
+                fb_query = fb_query.where(predictions.c.timestamp >= oldest)
+            fb_rows = [r for r in conn.execute(fb_query) if r.text_hash in window_hashes]
         reviews: dict[str, list[Review]] = defaultdict(list)
         for r in fb_rows:
             reviews[r.text_hash].append(
@@ -341,7 +429,7 @@ class ExampleStore:
             )
             for h, r in latest.items()
         ]
-        return points[-limit:] if limit else points
+        return points
 
     # ------------------------------------------------------------------ gold
 
