@@ -125,7 +125,12 @@ class TaskSummary(BaseModel):
     description: str
     labels: list[dict[str, str]]
     policy: str
-    threshold: float
+    threshold: float = Field(
+        description="The cascade threshold in use: the live specialist's calibrated one when "
+        "it has one, else the task's configured one."
+    )
+    threshold_source: Literal["calibrated", "configured"]
+    configured_threshold: float
     shadow_rate: float
     max_batch: int
     max_text_chars: int

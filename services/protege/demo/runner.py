@@ -86,7 +86,8 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
         counts = import_gold(settings, options.task, gold, folder)
         console.print(
             f"[dim]the task owner's gold: {counts['imported']} labeled texts "
-            f"({counts['holdout']} held out as the gate's exam), never replayed[/]"
+            f"({counts['exam']} held out as the gate's exam, {counts['calibration']} to "
+            "calibrate the cascade), never replayed[/]"
         )
     stack = LocalStack(
         settings,
