@@ -120,6 +120,8 @@ class LocalStack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._start_broker()
+            if self.improver_args is not None:
+                self._place_improver_api()
             self._start_serve()
             if self.improver_args is not None:
                 self._start_improver()
@@ -137,6 +139,19 @@ class LocalStack:
         self.settings = self.settings.model_copy(update={"kafka_bootstrap": self.broker.bootstrap})
         self.pids["broker"] = self.broker.pid
         self.say(f"embedded Kafka-protocol broker (Tansu, in memory) at {self.broker.bootstrap}")
+
+    def _place_improver_api(self) -> None:
+        """A port for the improver's API (unless one is set) and its URL for the gateway,
+        which serves the review queue from it."""
+        if not self.settings.improver_port:
+            from protege.events.broker import free_port
+
+            self.settings = self.settings.model_copy(update={"improver_port": free_port()})
+        if not self.settings.improver_url:
+            host = self.settings.improver_host
+            self.settings = self.settings.model_copy(
+                update={"improver_url": f"http://{host}:{self.settings.improver_port}"}
+            )
 
     def _start_serve(self) -> None:
         from protege.serving.launch import start_serve

@@ -4,8 +4,9 @@ document at /docs is the API reference."""
 from __future__ import annotations
 
 import logging
+from math import ceil
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -17,17 +18,21 @@ from protege.schemas import (
     FeedbackResponse,
     PredictRequest,
     PredictResponse,
+    ReviewQueue,
     TaskSummary,
 )
 from protege.serving.admin_api import build_admin_router
 from protege.serving.auth import ApiKeys, Identity, require
 from protege.serving.champion_watcher import ChampionWatcher
 from protege.serving.gateway import GatewayCore, InputError, UnknownPrediction
+from protege.serving.improver_client import ImproverClient, ImproverUnavailable
 from protege.taskspec import TaskSpec
 
 log = logging.getLogger(__name__)
 
 ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody}}
+# Retry-After when no improver URL is configured: only an operator can fix that.
+UNCONFIGURED_RETRY_AFTER_S = 60
 
 
 class Utf8Route(APIRoute):
@@ -62,7 +67,10 @@ def reviewer_of(identity: Identity, claimed: str | None, auth_disabled: bool) ->
 
 
 def build_api(
-    core: GatewayCore, api_keys: ApiKeys, watcher: ChampionWatcher | None = None
+    core: GatewayCore,
+    api_keys: ApiKeys,
+    watcher: ChampionWatcher | None = None,
+    improver: ImproverClient | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="Protégé",
@@ -111,6 +119,38 @@ def build_api(
             task=event.task,
             event_id=event.event_id,
         )
+
+    @router.get(
+        "/v1/tasks/{task}/review-queue",
+        response_model=ReviewQueue,
+        responses={**ERRORS, 503: {"model": ErrorBody}},
+        tags=["feedback"],
+    )
+    async def review_queue(
+        spec: TaskSpec = Depends(task_of),
+        limit: int = Query(20, ge=1, le=100, description="Most items to return."),
+        reviewer: str | None = Query(
+            None,
+            max_length=200,
+            description="Optional: must equal the API key's name, as in feedback.",
+        ),
+        identity: Identity = Depends(require("feedback")),
+    ) -> ReviewQueue:
+        """Predictions ranked for review (low margin, disagreements, a random audit share),
+        each with the reasons it is there; the caller's own reviewed items are left out."""
+        who = reviewer_of(identity, reviewer, api_keys.disabled)
+        if improver is None:
+            raise HTTPException(
+                503,
+                "the review queue is served by the improver; PROTEGE_IMPROVER_URL is unset",
+                headers={"Retry-After": str(UNCONFIGURED_RETRY_AFTER_S)},
+            )
+        try:
+            return await improver.review_queue(spec.name, limit, who.name)
+        except ImproverUnavailable as exc:
+            raise HTTPException(
+                503, str(exc), headers={"Retry-After": str(ceil(improver.timeout_s))}
+            ) from None
 
     @router.get(
         "/v1/tasks",

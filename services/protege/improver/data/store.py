@@ -170,6 +170,11 @@ class ExampleStore:
     def close(self) -> None:
         self.engine.dispose()
 
+    def ping(self) -> None:
+        """Raises when the database does not answer."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.select(1))
+
     # ------------------------------------------------------------------ events
 
     def record(self, event: PredictionEvent | FeedbackEvent) -> bool:
