@@ -156,8 +156,9 @@ class ReviewItem(BaseModel):
     reviews: int = Field(description="Distinct reviewers who have judged it so far.")
     score: float = Field(description="Higher first; audit items carry 0.")
     reasons: list[str] = Field(
-        description="low_margin, model_disagreement, lf_conflict, label_model_disagreement, "
-        "uncertain (ranked by margin alone), or audit (drawn at random from traffic)."
+        description="needs_another_review, low_margin, model_disagreement, lf_conflict, "
+        "label_model_disagreement, uncertain (ranked by margin alone), or audit (drawn at "
+        "random from traffic)."
     )
 
 

@@ -10,7 +10,9 @@ know, never asking the FM:
 - `model_disagreement`: the specialist and the FM both answered, differently;
 - `lf_conflict`: the cheap labeling functions (rules, Python) vote for different labels;
 - `label_model_disagreement`: the last round's label model, over every LF's vote
-  (prompt LFs from their cache only), prefers another label than the one served.
+  (prompt LFs from their cache only), prefers another label than the one served;
+- `needs_another_review`: someone reviewed it, but fewer than `review.reviews_needed`
+  did: a second reviewer who agrees makes it trusted gold, so it comes first.
 
 The score is the uncertainty (1 - margin) plus a weight per signal; items with no
 signal are ranked by uncertainty alone (`uncertain`).
@@ -47,6 +49,7 @@ CHEAP = ("rule", "python")  # LF sources that cost nothing to apply
 # Added to the uncertainty (0..1): a disagreement between models outranks a low margin,
 # which a disagreement usually comes with anyway.
 WEIGHTS = {
+    "needs_another_review": 3.0,  # finishing an item beats starting one
     "low_margin": 0.5,
     "model_disagreement": 1.0,
     "label_model_disagreement": 1.0,
@@ -112,6 +115,8 @@ def signals(
     for i, x in enumerate(points):
         margin = margin_of(x, len(names))
         reasons = []
+        if x.reviews:
+            reasons.append("needs_another_review")
         if margin < task.review.low_margin:
             reasons.append("low_margin")
         if (
