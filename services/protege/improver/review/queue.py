@@ -15,7 +15,12 @@ know, never asking the FM:
   did: a second reviewer who agrees makes it trusted gold, so it comes first.
 
 The score is the uncertainty (1 - margin) plus a weight per signal; items with no
-signal are ranked by uncertainty alone (`uncertain`).
+signal are ranked by uncertainty alone (`uncertain`). Ranked items are then taken in
+turns across the label each probably has (the label model's, else the specialist's,
+else the served one), best first in each: disagreements cluster in one class (a
+near-constant FM "disagrees" only with one label), and a batch of reviews that is all
+one class teaches a classifier little (measured by `bench/review_queue.py`: the
+unstratified queue lost to random sampling on youtube).
 
 An `audit` share of the slots goes to predictions drawn uniformly at random from a
 fixed random subset of traffic (`is_audit`: by a hash of the prediction id, so that
@@ -106,10 +111,10 @@ def signals(
     points: Sequence[DataPoint],
     votes: np.ndarray | None = None,
     label_model_probs: np.ndarray | None = None,
-) -> list[tuple[float, list[str]]]:
-    """(score, reasons) per point. `votes` are the cheap LFs' label indices ([N, M], -1
-    abstains); `label_model_probs` the last label model's output ([N, C]; NaN rows: no
-    LF voted)."""
+) -> list[tuple[float, list[str], str | None]]:
+    """(score, reasons, probable label) per point. `votes` are the cheap LFs' label
+    indices ([N, M], -1 abstains); `label_model_probs` the last label model's output
+    ([N, C]; NaN rows: no LF voted)."""
     names = task.label_names
     out = []
     for i, x in enumerate(points):
@@ -127,13 +132,28 @@ def signals(
             reasons.append("model_disagreement")
         if votes is not None and len(set(votes[i][votes[i] != ABSTAIN].tolist())) > 1:
             reasons.append("lf_conflict")
+        probable = x.specialist_label or x.served_label
         if label_model_probs is not None:
             row = label_model_probs[i]
             if np.all(np.isfinite(row)) and row.sum() > 0 and not np.allclose(row, row[0]):
-                if names[int(np.argmax(row))] != x.served_label:
+                probable = names[int(np.argmax(row))]
+                if probable != x.served_label:
                     reasons.append("label_model_disagreement")
         score = (1.0 - margin) + sum(WEIGHTS[r] for r in reasons)
-        out.append((score, reasons or ["uncertain"]))
+        out.append((score, reasons or ["uncertain"], probable))
+    return out
+
+
+def in_turns(order: list[int], groups: list[str | None]) -> list[int]:
+    """`order` (best first) taken in turns across `groups`: the best of each group, then
+    the second best of each, ...; groups go in the order of their best item."""
+    by_group: dict[str | None, list[int]] = {}
+    for i in order:
+        by_group.setdefault(groups[i], []).append(i)
+    queues = list(by_group.values())
+    out: list[int] = []
+    for depth in range(max((len(q) for q in queues), default=0)):
+        out += [q[depth] for q in queues if depth < len(q)]
     return out
 
 
@@ -147,10 +167,10 @@ def rank(
     label_model: Callable[[list[DataPoint]], np.ndarray] | None = None,
     seed: int | None = None,
 ) -> list[QueueItem]:
-    """The queue: up to `limit` items, the audit ones first, then by score (newest first
-    on ties). `points` are the newest predictions, newest first; `votes` and
-    `label_model` compute the cheap LFs' votes and the label model's probabilities for
-    the points they are given."""
+    """The queue: up to `limit` items, the audit ones first, then by score in turns
+    across probable labels (newest first on ties). `points` are the newest predictions,
+    newest first; `votes` and `label_model` compute the cheap LFs' votes and the label
+    model's probabilities for the points they are given."""
     rng = np.random.default_rng(seed)
     share = task.review.audit_share
     pending = open_items(task, points, reviewer)
@@ -169,6 +189,7 @@ def rank(
         label_model(ranked_pool) if label_model and ranked_pool else None,
     )
     order = sorted(range(len(ranked_pool)), key=lambda i: -scored[i][0])  # stable: newest first
+    order = in_turns(order, [probable for _, _, probable in scored])
     ranked = [
         QueueItem(ranked_pool[i], round(scored[i][0], 4), scored[i][1])
         for i in order[: limit - len(audits)]

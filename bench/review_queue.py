@@ -1,0 +1,221 @@
+"""The review queue vs random sampling, at equal review counts: which K reviewed texts
+teach a specialist more?
+
+Why. Reviewers' time is the scarcest input of the loop. The queue
+(`protege.improver.review.queue`) sends them the predictions that are unsure or
+disputed (low margin, specialist vs FM, conflicting labeling functions, the label
+model against the served answer), plus a random audit tenth; the claim is that those
+reviews teach more than as many reviews of random traffic.
+
+How, per task, offline (no Ray, no Kafka, no FM calls):
+
+- Day-0 traffic: the train split, minus a small seed set. The serving specialist is the
+  task's TF-IDF family trained on the seed set (youtube 20 texts, banking77 2 a class);
+  its probabilities give each prediction its served label and margin. Where it is
+  below the task's cascade threshold the FM answered too, as the CPU FM does: youtube
+  HAM for everything, banking77 one fixed intent (SmolLM2's answers are that flat).
+- The queue ranks that traffic as the improver would: margins, specialist/FM
+  disagreement, the rules' and Python LFs' conflicts, and a label model (majority vote,
+  fitted on the traffic's LF votes) against the served label; `review.audit_share` of
+  the K slots are audit draws.
+- Random: K texts of the same traffic, uniformly.
+- Reviewers are right (the data set's label). The same family (TF-IDF + LR,
+  `protege.improver.training.tfidf.fit`) is trained on the seed set plus the K reviewed
+  texts, and scored on the test split. Several K, several seeds (the seed set, the
+  random draw and the audit draw change with it).
+
+    python bench/review_queue.py              # ~3-6 minutes on 2 cores
+    python bench/review_queue.py --seeds 1    # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, write_results
+
+SETUPS = {
+    # task: (seed texts, K values, the FM's constant answer)
+    "youtube-spam": {"seed": 20, "k": [25, 50, 100, 200], "fm": "HAM"},
+    "banking77": {"seed_per_class": 2, "k": [154, 308, 616], "fm": "card_arrival"},
+}
+
+
+def seed_rows(y: np.ndarray, setup: dict, rng: np.random.Generator) -> np.ndarray:
+    if "seed_per_class" in setup:
+        return np.concatenate(
+            [
+                rng.permutation(np.flatnonzero(y == c))[: setup["seed_per_class"]]
+                for c in np.unique(y)
+            ]
+        )
+    return rng.permutation(len(y))[: setup["seed"]]
+
+
+def train_and_score(task, texts, labels, test) -> float:
+    from protege.improver.training import TrainingSet, tfidf
+
+    data = TrainingSet.from_gold(task.label_names, texts, labels)
+    model = tfidf.fit(data, task.training)
+    return float((model.predict_proba(test.texts).argmax(axis=1) == test.y).mean())
+
+
+def traffic_points(task, train, pool: np.ndarray, server, fm_label: str) -> list:
+    """The pool as the store would hold it: served label, margin, the FM where it answered."""
+    from protege.improver.data.records import DataPoint
+
+    probs = server.predict_proba([train.texts[i] for i in pool])
+    top2 = np.sort(probs, axis=1)[:, -2:]
+    points = []
+    for row, i in enumerate(pool):
+        served = task.label_names[int(probs[row].argmax())]
+        escalated = probs[row].max() < task.routing.threshold
+        points.append(
+            DataPoint(
+                text=train.texts[i],
+                uid=f"{task.name}.bench{i}.sig",
+                served_label=fm_label if escalated else served,
+                specialist_label=served,
+                foundation_label=fm_label if escalated else None,
+                extra={"margin": float(top2[row, 1] - top2[row, 0]), "row": int(i)},
+            )
+        )
+    return points
+
+
+def label_model_probs(task, points) -> np.ndarray:
+    """Majority vote over the rules' and Python LFs' votes on the traffic (NaN: no vote)."""
+    from protege.improver.labeling.label_model import fit_label_model
+    from protege.improver.review.queue import cheap_votes
+
+    votes = cheap_votes(task)(points)
+    fit = fit_label_model(votes, len(task.label_names), kind="majority")
+    probs = np.asarray(fit.model.predict_proba(votes), dtype=float)
+    probs[~(votes != -1).any(axis=1)] = np.nan
+    return probs
+
+
+def run_task(name: str, setup: dict, seeds: int) -> dict:
+    from protege import datasets
+    from protege.improver.review.queue import cheap_votes, rank
+    from protege.improver.training import TrainingSet, tfidf
+    from protege.taskspec import DEFAULT_TASKS_FILE, load_tasks
+
+    task = load_tasks(DEFAULT_TASKS_FILE)[name]
+    train, test = datasets.load(name, "train"), datasets.load(name, "test")
+    rows: list[dict] = []
+    started = time.perf_counter()
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        seeded = seed_rows(train.y, setup, rng)
+        pool = np.setdiff1d(np.arange(len(train)), seeded)
+        seed_texts = [train.texts[i] for i in seeded]
+        seed_labels = [train.labels[i] for i in seeded]
+        server = tfidf.fit(
+            TrainingSet.from_gold(task.label_names, seed_texts, seed_labels), task.training
+        )
+        points = traffic_points(task, train, pool, server, setup["fm"])
+        lm = label_model_probs(task, points)
+        lm_by_uid = {p.uid: lm[j] for j, p in enumerate(points)}
+
+        def label_model(pts, lm_by_uid=lm_by_uid):
+            return np.stack([lm_by_uid[p.uid] for p in pts])
+
+        votes = cheap_votes(task)
+        base = train_and_score(task, seed_texts, seed_labels, test)
+        for k in setup["k"]:
+            queued = rank(
+                task,
+                points,
+                limit=k,
+                votes=votes,
+                label_model=label_model,
+                seed=seed,
+            )
+            chosen = {
+                "queue": [q.point.extra["row"] for q in queued],
+                "random": list(rng.choice(pool, size=k, replace=False)),
+            }
+            row = {"seed": seed, "k": k, "seed_only": base}
+            for how, picked in chosen.items():
+                row[how] = train_and_score(
+                    task,
+                    seed_texts + [train.texts[i] for i in picked],
+                    seed_labels + [train.labels[i] for i in picked],
+                    test,
+                )
+            reasons: dict[str, int] = {}
+            for q in queued:
+                for r in q.reasons:
+                    reasons[r] = reasons.get(r, 0) + 1
+            row["queue_reasons"] = reasons
+            rows.append(row)
+            print(
+                f"{name} seed {seed} K={k}: random {row['random']:.3f}  queue {row['queue']:.3f}"
+                f"  (seed set alone {base:.3f})",
+                flush=True,
+            )
+    summary = []
+    for k in setup["k"]:
+        at_k = [r for r in rows if r["k"] == k]
+        queue, random_ = (np.array([r[h] for r in at_k]) for h in ("queue", "random"))
+        summary.append(
+            {
+                "k": k,
+                "random_mean": float(random_.mean()),
+                "random_sd": float(random_.std()),
+                "queue_mean": float(queue.mean()),
+                "queue_sd": float(queue.std()),
+                "gain_mean": float((queue - random_).mean()),
+                "queue_wins": int((queue > random_).sum()),
+                "runs": len(at_k),
+            }
+        )
+    return {
+        "task": name,
+        "setup": setup,
+        "train": len(train),
+        "test": len(test),
+        "seconds": round(time.perf_counter() - started, 1),
+        "summary": summary,
+        "runs": rows,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--tasks", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    args = parser.parse_args()
+    start = machine()
+    results = {name: run_task(name, SETUPS[name], args.seeds) for name in args.tasks}
+    print("\n| task | K reviews | random | queue | gain (points) | queue wins |")
+    print("|---|---|---|---|---|---|")
+    for name, result in results.items():
+        for s in result["summary"]:
+            print(
+                f"| {name} | {s['k']} | {100 * s['random_mean']:.1f} ± {100 * s['random_sd']:.1f} "
+                f"| {100 * s['queue_mean']:.1f} ± {100 * s['queue_sd']:.1f} "
+                f"| {100 * s['gain_mean']:+.1f} | {s['queue_wins']}/{s['runs']} |"
+            )
+    path = write_results(
+        "review_queue",
+        {
+            "machine": machine() | {"load_average_at_start": start["load_average_1_5_15"]},
+            "seeds": args.seeds,
+            "tasks": results,
+        },
+    )
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
