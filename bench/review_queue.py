@@ -20,9 +20,12 @@ How, per task, offline (no Ray, no Kafka, no FM calls):
   the K slots are audit draws.
 - Random: K texts of the same traffic, uniformly.
 - Reviewers are right (the data set's label). The same family (TF-IDF + LR,
-  `protege.improver.training.tfidf.fit`) is trained on the seed set plus the K reviewed
-  texts, and scored on the test split. Several K, several seeds (the seed set, the
-  random draw and the audit draw change with it).
+  `protege.improver.training.tfidf.fit`) is trained, and scored on the test split, two
+  ways: `alone`, on the seed set plus the K reviewed texts (what the reviews teach by
+  themselves); `with LFs`, as the loop trains, on the label model's labels of the
+  traffic it covers with the K reviews overriding them (what the reviews add to the
+  labeling functions). Several K, several seeds (the seed set, the random draw and the
+  audit draw change with it).
 
     python bench/review_queue.py              # ~3-6 minutes on 2 cores
     python bench/review_queue.py --seeds 1    # a quick look
@@ -56,6 +59,18 @@ def seed_rows(y: np.ndarray, setup: dict, rng: np.random.Generator) -> np.ndarra
             ]
         )
     return rng.permutation(len(y))[: setup["seed"]]
+
+
+def with_lfs(train, points, lm: np.ndarray, reviewed: list[int], task) -> tuple[list, list]:
+    """The loop's training rows: the label model's label where it has one, the reviewers'
+    where they reviewed."""
+    labels = {
+        p.extra["row"]: task.label_names[int(np.argmax(lm[j]))]
+        for j, p in enumerate(points)
+        if np.all(np.isfinite(lm[j]))
+    }
+    labels.update({i: train.labels[i] for i in reviewed})
+    return [train.texts[i] for i in labels], list(labels.values())
 
 
 def train_and_score(task, texts, labels, test) -> float:
@@ -129,6 +144,8 @@ def run_task(name: str, setup: dict, seeds: int) -> dict:
 
         votes = cheap_votes(task)
         base = train_and_score(task, seed_texts, seed_labels, test)
+        lf_texts, lf_labels = with_lfs(train, points, lm, [], task)
+        lfs_base = train_and_score(task, seed_texts + lf_texts, seed_labels + lf_labels, test)
         for k in setup["k"]:
             queued = rank(
                 task,
@@ -142,13 +159,17 @@ def run_task(name: str, setup: dict, seeds: int) -> dict:
                 "queue": [q.point.extra["row"] for q in queued],
                 "random": list(rng.choice(pool, size=k, replace=False)),
             }
-            row = {"seed": seed, "k": k, "seed_only": base}
+            row = {"seed": seed, "k": k, "seed_only": base, "lfs_only": lfs_base}
             for how, picked in chosen.items():
                 row[how] = train_and_score(
                     task,
                     seed_texts + [train.texts[i] for i in picked],
                     seed_labels + [train.labels[i] for i in picked],
                     test,
+                )
+                texts, labels = with_lfs(train, points, lm, list(picked), task)
+                row[f"{how}_with_lfs"] = train_and_score(
+                    task, seed_texts + texts, seed_labels + labels, test
                 )
             reasons: dict[str, int] = {}
             for q in queued:
@@ -157,26 +178,31 @@ def run_task(name: str, setup: dict, seeds: int) -> dict:
             row["queue_reasons"] = reasons
             rows.append(row)
             print(
-                f"{name} seed {seed} K={k}: random {row['random']:.3f}  queue {row['queue']:.3f}"
-                f"  (seed set alone {base:.3f})",
+                f"{name} seed {seed} K={k}: alone random {row['random']:.3f} queue "
+                f"{row['queue']:.3f} (seed set {base:.3f}); with LFs random "
+                f"{row['random_with_lfs']:.3f} queue {row['queue_with_lfs']:.3f} (no reviews "
+                f"{lfs_base:.3f})",
                 flush=True,
             )
     summary = []
-    for k in setup["k"]:
-        at_k = [r for r in rows if r["k"] == k]
-        queue, random_ = (np.array([r[h] for r in at_k]) for h in ("queue", "random"))
-        summary.append(
-            {
-                "k": k,
-                "random_mean": float(random_.mean()),
-                "random_sd": float(random_.std()),
-                "queue_mean": float(queue.mean()),
-                "queue_sd": float(queue.std()),
-                "gain_mean": float((queue - random_).mean()),
-                "queue_wins": int((queue > random_).sum()),
-                "runs": len(at_k),
-            }
-        )
+    for training in ("alone", "with_lfs"):
+        suffix = "" if training == "alone" else "_with_lfs"
+        for k in setup["k"]:
+            at_k = [r for r in rows if r["k"] == k]
+            queue, random_ = (np.array([r[h + suffix] for r in at_k]) for h in ("queue", "random"))
+            summary.append(
+                {
+                    "training": training,
+                    "k": k,
+                    "random_mean": float(random_.mean()),
+                    "random_sd": float(random_.std()),
+                    "queue_mean": float(queue.mean()),
+                    "queue_sd": float(queue.std()),
+                    "gain_mean": float((queue - random_).mean()),
+                    "queue_wins": int((queue > random_).sum()),
+                    "runs": len(at_k),
+                }
+            )
     return {
         "task": name,
         "setup": setup,
@@ -197,12 +223,13 @@ def main() -> None:
     args = parser.parse_args()
     start = machine()
     results = {name: run_task(name, SETUPS[name], args.seeds) for name in args.tasks}
-    print("\n| task | K reviews | random | queue | gain (points) | queue wins |")
-    print("|---|---|---|---|---|---|")
+    print("\n| task | trained on | K reviews | random | queue | gain (points) | queue wins |")
+    print("|---|---|---|---|---|---|---|")
     for name, result in results.items():
         for s in result["summary"]:
             print(
-                f"| {name} | {s['k']} | {100 * s['random_mean']:.1f} ± {100 * s['random_sd']:.1f} "
+                f"| {name} | {s['training'].replace('_', ' ')} | {s['k']} "
+                f"| {100 * s['random_mean']:.1f} ± {100 * s['random_sd']:.1f} "
                 f"| {100 * s['queue_mean']:.1f} ± {100 * s['queue_sd']:.1f} "
                 f"| {100 * s['gain_mean']:+.1f} | {s['queue_wins']}/{s['runs']} |"
             )

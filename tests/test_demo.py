@@ -366,7 +366,7 @@ def test_demo_help_names_each_tasks_default(capsys):
         build_parser().parse_args(["demo", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "default youtube-spam 0, banking77 1000" in text
-    assert "default youtube-spam 150, banking77 0" in text
+    assert "default youtube-spam 160, banking77 0" in text
     assert "default youtube-spam off, banking77 3.0" in text and "(default: None)" not in text
 
 

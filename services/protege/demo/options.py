@@ -33,18 +33,20 @@ class DemoOptions:
     split: str = "train"
     seed: int = 0
     limit: int | None = None  # texts to replay; None: the rest of the split
-    # The task owner's labeled examples, imported as gold before the replay (never
-    # replayed): the first `gold` texts of the shuffled split (a fifth of them, by text
-    # hash, fall in the exam and a tenth in the calibration set; the rest train), then
-    # `exam_gold` texts of the exam and calibration buckets only: an evaluation set,
-    # ~2/3 exam. The gate needs `exam.min_rows` (30) trusted exam rows to decide; a first
-    # candidate must beat the model trained on the reviewed rows alone with significance,
-    # which ~100 exam rows can show and 30 rarely can.
+    # The task owner's labeled examples, imported as gold before the replay: the first
+    # `gold` texts of the shuffled split (never replayed; a fifth of them, by text hash,
+    # fall in the exam and a tenth in the calibration set, the rest train), then an
+    # evaluation set: the first `exam_gold` texts of the exam and calibration buckets
+    # (~2/3 exam), replayed first as the morning's traffic the owner labeled, so that
+    # the FM's answers on them are recorded. The gate needs `exam.min_rows` (30) trusted
+    # exam rows to decide, and a first candidate must beat the model trained on the
+    # reviewed rows alone with significance, which ~100 exam rows can show; calibrating
+    # the cascade needs 50 calibration rows with an FM answer.
     gold: int = 0
-    exam_gold: int = 150
-    # Reviewers take items from the review queue; each item waits for two of them, so
-    # that their agreement makes trusted gold (with auth off nobody holds a trusted key).
-    reviews_needed: int = 2
+    exam_gold: int = 160
+    # Reviewers take items from the review queue; an item leaves it after this many
+    # (2: their agreement makes trusted gold; with auth off nobody holds a trusted key).
+    reviews_needed: int = 1
     review_share: float = 0.3  # of the predictions: the verdicts reviewers send
     error_rate: float = 0.05  # of the reviews, wrong
     concurrency: int = 4  # requests in flight; the CPU FM batches what arrives together

@@ -72,7 +72,9 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
     items = stream(options.task, options.split, options.seed)
     gold, items = items[: options.gold], items[options.gold :]
     evaluation, items = owner_exam(task, items, options.exam_gold)
-    gold, items = gold + evaluation, items[: options.limit]
+    # The evaluation set is the morning's traffic, which the owner labeled: it is replayed
+    # first, so the FM's answers on it are recorded (to compare with it, and to calibrate).
+    gold, items = gold + evaluation, (evaluation + items)[: options.limit]
     reviewers = ReviewerPool(
         task.label_names, options.review_share, options.error_rate, seed=options.seed
     )
@@ -90,7 +92,8 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
         console.print(
             f"[dim]the task owner's gold: {counts['imported']} labeled texts "
             f"({counts['exam']} held out as the gate's exam, {counts['calibration']} to "
-            "calibrate the cascade), never replayed[/]"
+            f"calibrate the cascade); the {len(evaluation)} of the evaluation set are "
+            "replayed first, the others never[/]"
         )
     stack = LocalStack(
         settings,
