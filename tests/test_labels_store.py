@@ -237,6 +237,10 @@ def test_recent_points_are_the_newest_predictions_one_per_text(store):
     recent = store.recent_points("youtube-spam", window=4)
     assert [p.uid for p in recent] == ["p5", "p4", "p3"]  # newest first; p2 is past the window
     assert [len(p.reviews) for p in recent] == [0, 0, 1]  # p3 is "text 0", which ann reviewed
+    assert not any(p.extra["imported_gold"] for p in recent)
+    store.import_gold("youtube-spam", [("text 1", "HAM")], source="file:owner.csv")
+    owned = {p.uid: p.extra["imported_gold"] for p in store.recent_points("youtube-spam", 4)}
+    assert owned == {"p5": False, "p4": True, "p3": False}
 
 
 def test_gold_comes_from_files_and_reviews_with_the_file_winning(store, tmp_path):

@@ -119,6 +119,9 @@ def test_reviewed_items_leave_the_queue_and_no_one_sees_an_item_twice():
     assert for_bob[0].reasons == ["needs_another_review"]
     one = YOUTUBE.model_copy(update={"review": ReviewSpec(reviews_needed=1, audit_share=0.0)})
     assert {i.prediction_id for i in rank(one, points, limit=10)} == {c}
+    owned = point(c)
+    owned.extra["imported_gold"] = True  # the task's owner labeled that text already
+    assert rank(one, [points[0], points[1], owned], limit=10) == []
 
 
 # --------------------------------------------------------------------------- over HTTP

@@ -364,7 +364,8 @@ class ExampleStore:
     def recent_points(self, task: str, window: int) -> list[DataPoint]:
         """The task's `window` newest predictions, newest first, one per distinct text
         (its newest prediction), with every verdict on that text: what the review queue
-        ranks. `extra` has the prediction's `confidence`, `margin`, `route`, `timestamp`."""
+        ranks. `extra` has the prediction's `confidence`, `margin`, `route`, `timestamp`,
+        and `imported_gold`: the task's owner already labeled the text."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(predictions)
@@ -376,7 +377,17 @@ class ExampleStore:
             for r in rows:
                 newest.setdefault(r.text_hash, r)
             reviews = self._reviews(conn, task, list(newest))
-        return [_point(r, reviews.get(h, ())) for h, r in newest.items()]
+            labeled = set(
+                conn.execute(
+                    sa.select(gold.c.text_hash).where(
+                        (gold.c.task == task) & gold.c.text_hash.in_(list(newest))
+                    )
+                ).scalars()
+            )
+        points = [_point(r, reviews.get(h, ())) for h, r in newest.items()]
+        for x in points:
+            x.extra["imported_gold"] = x.extra["text_hash"] in labeled
+        return points
 
     @staticmethod
     def _reviews(conn, task: str, hashes: list[str] | None = None) -> dict[str, list[Review]]:

@@ -3,8 +3,8 @@
 A review teaches most where the models are unsure or disagree (Prodigy's
 `prefer_uncertain`, Label Studio's and Argilla's score-sorted queues). From the newest
 `review.window` predictions of a task, those with fewer than `review.reviews_needed`
-distinct reviewers (and none from the asking reviewer) are ranked by what is cheap to
-know, never asking the FM:
+distinct reviewers (and none from the asking reviewer), whose text the task's owner
+has not labeled already, are ranked by what is cheap to know, never asking the FM:
 
 - `low_margin`: the served answer's top-two probability gap is below `review.low_margin`;
 - `model_disagreement`: the specialist and the FM both answered, differently;
@@ -85,11 +85,13 @@ def reviewers(x: DataPoint) -> set[str]:
 
 
 def open_items(task: TaskSpec, points: Sequence[DataPoint], reviewer: str | None) -> list:
-    """Points that still need a review, and not one from `reviewer`."""
+    """Points that still need a review, and not one from `reviewer`: not the texts the
+    task's owner labeled (imported gold), nor those with enough reviewers."""
     return [
         x
         for x in points
-        if len(reviewers(x)) < task.review.reviews_needed
+        if not x.extra.get("imported_gold")
+        and len(reviewers(x)) < task.review.reviews_needed
         and (reviewer is None or reviewer not in reviewers(x))
     ]
 
