@@ -52,11 +52,9 @@ class DemoOptions:
     concurrency: int = 4  # requests in flight; the CPU FM batches what arrives together
     review_every_s: float = 1.0  # how often reviewers catch up with the traffic
     # The first round must come early: on day 0 the CPU FM answers everything at
-    # ~0.35 s a text (more on a busy machine). It is also when the loop has the most to
-    # add: on youtube a TF-IDF model trained on ~70 reviewed texts alone scores ~94 %,
-    # which the loop's candidate (~95 %) cannot beat significantly on a 100-row exam,
-    # while on ~15 it cannot match the labeling functions. Passed to `protege improver run`.
-    retrain_every: int = 20  # new feedback events between training rounds
+    # ~0.35 s a text (more on a busy machine), so 50 feedback events (~170 requests at
+    # a 30 % share) take about two minutes. Passed to `protege improver run`.
+    retrain_every: int = 50  # new feedback events between training rounds
     retrain_minutes: float | None = None  # also retrain on a timer
     # On CPU the FM is by far a round's slowest part: on a busy 2-core machine, sharing
     # the cores with the FM that serves the replay, prompt LFs took 5 minutes of a round
