@@ -115,6 +115,8 @@ def store_traffic(store, task, texts, labels, review_share: float, seed: int) ->
                     verdict=Verdict(review.verdict),
                     label=review.label,
                     reviewer=review.reviewer,
+                    # The bench's reviewer is the task's owner: their labels may grade.
+                    trusted=True,
                     timestamp=float(i) + 0.5,
                 )
             )
@@ -253,13 +255,9 @@ def round_task_spec(settings, name: str, args):
             "training": base.training.model_copy(
                 update={"families": args.families or base.training.families, "seed": args.seed}
             ),
-            # The FM's exam answers are all a round pays the FM for here: calibrate on them.
+            # The FM's exam and calibration answers are all a round pays the FM for here.
             "retrain": retrain.model_copy(
-                update={
-                    "fm_eval_max": args.fm_exam,
-                    "prompt_lf_budget": 0,
-                    "fm_calibration_min": max(1, min(args.fm_exam, retrain.fm_calibration_min)),
-                }
+                update={"fm_eval_max": args.fm_exam, "prompt_lf_budget": 0}
             ),
         }
     )

@@ -31,6 +31,8 @@ ALLOWED = {
     "improver.training": BOTTOM | {"improver.data", "improver.labeling"},
     "improver.judge": BOTTOM | {"improver.data", "improver.labeling", "improver.training"},
     "improver.triggers": BOTTOM | {"improver.data"},
+    "improver.review": BOTTOM | {"improver.data", "improver.labeling"},
+    "improver.api": BOTTOM | {"improver.data", "improver.labeling", "improver.review"},
     "improver.loop": BOTTOM
     | {
         "foundation",
@@ -48,6 +50,7 @@ ALLOWED = {
         "improver.training",
         "improver.loop",
         "improver.triggers",
+        "improver.api",
     },
     "tasks": {"improver.labeling"},  # the shipped tasks' Python labeling functions
     "stack": BOTTOM | {"events", "serving"},

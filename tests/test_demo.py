@@ -14,7 +14,7 @@ import pytest
 from protege.cli import build_parser
 from protege.commands.demo import options_from_args
 from protege.demo.chart import write_chart
-from protege.demo.deployment import demo_settings, import_gold, write_tasks_file
+from protege.demo.deployment import demo_settings, import_gold, owner_exam, write_tasks_file
 from protege.demo.model_events import decision_of
 from protege.demo.options import TASK_PRESETS, DemoOptions
 from protege.demo.record import Decision, Outcome, RunRecord
@@ -96,12 +96,15 @@ def test_stream_is_the_train_split_shuffled_by_seed():
 
 
 class FakeGateway:
-    """Answers predict like the FM on day 0 (HAM for everything); counts feedback."""
+    """Answers predict like the FM on day 0 (HAM for everything); serves a review queue of
+    the predictions (oldest first, without the asking reviewer's); counts feedback."""
 
-    def __init__(self, fail_every: int = 0):
+    def __init__(self, fail_every: int = 0, reviews_needed: int = 1):
         self.feedback: list[dict] = []
         self.calls = 0
         self.fail_every = fail_every
+        self.reviews_needed = reviews_needed
+        self.queue_calls: list[str] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/predict"):
@@ -128,6 +131,22 @@ class FakeGateway:
         if request.url.path == "/v1/feedback":
             self.feedback.append(json.loads(request.content))
             return httpx.Response(200, json={"accepted": True})
+        if request.url.path.endswith("/review-queue"):
+            reviewer = request.url.params["reviewer"]
+            self.queue_calls.append(reviewer)
+            seen: dict[str, set] = {}
+            for f in self.feedback:
+                seen.setdefault(f["prediction_id"], set()).add(f["reviewer"])
+            items = sorted(
+                (
+                    {"prediction_id": f"p{i}", "reasons": ["uncertain"]}
+                    for i in range(1, self.calls + 1)
+                    if len(seen.get(f"p{i}", ())) < self.reviews_needed
+                    and reviewer not in seen.get(f"p{i}", ())
+                ),
+                key=lambda item: not seen.get(item["prediction_id"]),  # half-reviewed first
+            )
+            return httpx.Response(200, json={"items": items[: int(request.url.params["limit"])]})
         return httpx.Response(404)
 
 
@@ -140,6 +159,7 @@ def replay(items, gateway, share=1.0, **kwargs) -> tuple[RunRecord, Replay]:
         ReviewerPool(LABELS, share, 0.0),
         record,
         concurrency=3,
+        review_every_s=0.01,
         transport=httpx.MockTransport(gateway),
         **kwargs,
     )
@@ -147,7 +167,7 @@ def replay(items, gateway, share=1.0, **kwargs) -> tuple[RunRecord, Replay]:
     return record, run
 
 
-def test_replay_judges_each_answer_against_gold_and_sends_the_reviews():
+def test_replay_judges_each_answer_against_gold_and_reviews_from_the_queue():
     items = [("great song", "HAM"), ("sub to my channel", "SPAM")] * 10
     gateway = FakeGateway()
     record, run = replay(items, gateway)
@@ -157,6 +177,21 @@ def test_replay_judges_each_answer_against_gold_and_sends_the_reviews():
     assert totals["feedback"] == 20 and totals["feedback_down"] == 10
     downs = [f for f in gateway.feedback if f["verdict"] == "down"]
     assert len(downs) == 10 and all(f["label"] == "SPAM" for f in downs)
+    assert {f["prediction_id"] for f in gateway.feedback} == {f"p{i}" for i in range(1, 21)}
+    assert set(gateway.queue_calls) <= {"ana", "ben", "chen", "dara"}  # each asks as themselves
+
+
+def test_reviewers_send_their_share_of_verdicts_two_distinct_reviewers_an_item():
+    items = [("great song", "HAM")] * 40
+    gateway = FakeGateway(reviews_needed=2)
+    record, _ = replay(items, gateway, share=0.5, reviews_needed=2)
+    assert record.totals()["feedback"] == 20  # half the answers' worth of verdicts
+    by_item: dict[str, list[str]] = {}
+    for f in gateway.feedback:
+        by_item.setdefault(f["prediction_id"], []).append(f["reviewer"])
+    assert all(len(set(r)) == len(r) for r in by_item.values())  # never twice by one reviewer
+    # Half-reviewed items come first: few are left waiting for their second review.
+    assert sum(len(r) == 2 for r in by_item.values()) >= 8 and len(by_item) <= 12
 
 
 def test_replay_counts_failed_requests_and_goes_on():
@@ -196,7 +231,6 @@ def day_zero_then_specialist() -> RunRecord:
                 version="1",
                 correct=i % 10 != 0,
                 latency_ms=3.0,
-                reviewed=i % 3 == 0,
             )
         )
     record.add_decision(
@@ -331,7 +365,8 @@ def test_demo_help_names_each_tasks_default(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["demo", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "default youtube-spam 180, banking77 1000" in text
+    assert "default youtube-spam 0, banking77 1000" in text
+    assert "default youtube-spam 160, banking77 0" in text
     assert "default youtube-spam off, banking77 3.0" in text and "(default: None)" not in text
 
 
@@ -352,16 +387,11 @@ def test_the_improver_trains_the_demo_task_on_the_early_trigger():
 
 
 def test_the_run_has_its_own_tasks_file_with_the_demo_budgets(tmp_path):
-    options = DemoOptions(
-        task="banking77", prompt_lf_budget=8, fm_eval_max=10, fm_calibration_min=12
-    )
+    options = DemoOptions(task="banking77", prompt_lf_budget=8, fm_eval_max=10, reviews_needed=3)
     tasks = load_tasks(write_tasks_file(DEFAULT_TASKS_FILE, options, tmp_path))
     retrain = tasks["banking77"].retrain
-    assert (retrain.prompt_lf_budget, retrain.fm_eval_max, retrain.fm_calibration_min) == (
-        8,
-        10,
-        12,
-    )
+    assert (retrain.prompt_lf_budget, retrain.fm_eval_max) == (8, 10)
+    assert tasks["banking77"].review.reviews_needed == 3
     assert tasks["youtube-spam"] == load_tasks(DEFAULT_TASKS_FILE)["youtube-spam"]
 
 
@@ -375,11 +405,25 @@ def test_the_owners_gold_goes_into_the_runs_store(tmp_path, monkeypatch):
     settings, _ = demo_settings(DemoOptions(port=18123), tmp_path)
     pairs = stream("youtube-spam", seed=0, limit=120)
     counts = import_gold(settings, "youtube-spam", pairs, tmp_path)
-    assert counts["imported"] == 120 and counts["holdout"] + counts["train"] == 120
-    assert 10 < counts["holdout"] < 40
+    assert counts["imported"] == 120
+    assert counts["exam"] + counts["calibration"] + counts["train"] == 120
+    assert 10 < counts["exam"] < 40
     store = ExampleStore(settings.store_url)
     assert len(store.gold_rows("youtube-spam")) == len({text for text, _ in pairs})  # one per text
     store.close()
+
+
+def test_the_owners_evaluation_set_comes_from_the_held_out_buckets_only():
+    from protege.improver.data.gold import TRAIN, task_split
+
+    task = load_tasks(DEFAULT_TASKS_FILE)["youtube-spam"]
+    items = stream("youtube-spam", seed=0)
+    chosen, rest = owner_exam(task, items, 100)
+    assert len(chosen) == 100 and len(chosen) + len(rest) == len(items)
+    assert all(task_split(task, text) != TRAIN for text, _ in chosen)
+    exam = sum(task_split(task, text) == "exam" for text, _ in set(chosen))
+    assert 50 < exam < 80  # two thirds of it grades; the rest calibrates
+    assert rest[:5] == [i for i in items if i not in chosen][:5]  # the replay keeps its order
 
 
 def test_a_run_has_its_own_home_and_with_auth_on_a_key_per_reviewer(tmp_path, monkeypatch):

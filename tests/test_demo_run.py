@@ -41,6 +41,8 @@ def test_ctrl_c_mid_replay_stops_everything_and_still_writes_the_summary_and_cha
             "400",
             "--review-share",
             "0.5",
+            "--exam-gold",  # the owner's evaluation set is replayed first and never queued
+            "0",
             "--out",
             str(folder),
             "--port",

@@ -1,7 +1,9 @@
 """The gate, the paired tests, the metrics it reads and the cascade calibration.
 
 Acceptance: a candidate trained on shuffled labels is rejected against a good champion;
-a good candidate passes against a weak one."""
+a good candidate passes against a weak one; a first candidate worse than the majority
+class is rejected; on a 77-label exam a clearly better challenger is promoted and a
+clearly worse one rejected."""
 
 from __future__ import annotations
 
@@ -12,7 +14,15 @@ from scipy.stats import binomtest
 from protege import datasets
 from protege.improver.judge.calibrate import calibrate_threshold
 from protege.improver.judge.evaluate import evaluate_specialist, expected_calibration_error, score
-from protege.improver.judge.gate import decide, mcnemar_exact_p, paired_bootstrap_p
+from protege.improver.judge.gate import (
+    Rival,
+    decide,
+    mcnemar_exact_p,
+    paired_bootstrap_interval,
+    paired_bootstrap_p,
+    spent_alpha,
+    wilson_interval,
+)
 from protege.improver.training import TrainingSet, tfidf
 from protege.taskspec import GateSpec, TrainingSpec
 
@@ -67,13 +77,41 @@ def test_fm_predictions_may_be_label_indices():
     assert m.accuracy == pytest.approx(2 / 3)
 
 
+# ------------------------------------------------------------------ intervals and spending
+
+
+def test_wilson_interval_matches_its_formula_and_stays_inside_zero_one():
+    low, high = wilson_interval(80, 100, 0.95)
+    assert (round(low, 4), round(high, 4)) == (0.7112, 0.8666)  # the textbook 95 % interval
+    assert wilson_interval(0, 10)[0] == pytest.approx(0.0, abs=1e-12)
+    assert wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert wilson_interval(0, 10)[1] > 0.2  # no "0 % certain" from ten rows
+
+
+def test_the_paired_bootstrap_interval_brackets_the_gain():
+    rng = np.random.default_rng(0)
+    champ = rng.random(400) < 0.7
+    better = champ | (rng.random(400) < 0.3)
+    low, high = paired_bootstrap_interval(better, champ, 0.95, 2000, seed=0)
+    gain = better.mean() - champ.mean()
+    assert 0 < low < gain < high
+    assert paired_bootstrap_interval(champ, champ) == (0.0, 0.0)
+
+
+def test_alpha_spending_sums_to_the_significance_and_shrinks_with_each_decision():
+    levels = [spent_alpha(0.05, k) for k in range(1, 10_000)]
+    assert sum(levels) == pytest.approx(0.05, rel=1e-3) and sum(levels) < 0.05
+    assert levels[0] == pytest.approx(0.05 * 6 / np.pi**2) and levels[1] == levels[0] / 4
+
+
 # ------------------------------------------------------------------ the gate
 
 
-def metrics_for(correct_mask: np.ndarray, gold: np.ndarray):
-    """Metrics of a model that is right exactly where `correct_mask` says."""
-    predicted = np.where(correct_mask, gold, 1 - gold)
-    return score(predicted, gold, LABELS)
+def gate(spec, gold, cand_ok, champ_ok=None, baselines=(), alpha=None, labels=LABELS):
+    champion = Rival("champion", champ_ok) if champ_ok is not None else None
+    return decide(
+        spec, labels, gold, cand_ok, champion=champion, baselines=list(baselines), alpha=alpha
+    )
 
 
 @pytest.fixture
@@ -84,52 +122,80 @@ def gold():
 def test_a_clearly_better_candidate_passes(gold):
     champ_ok = correct(150, 200)
     cand_ok = correct(185, 200)
-    decision = decide(
-        GateSpec(min_gain=0.05),
-        metrics_for(cand_ok, gold),
-        cand_ok,
-        metrics_for(champ_ok, gold),
-        champ_ok,
-    )
+    decision = gate(GateSpec(min_gain=0.05), gold, cand_ok, champ_ok)
     assert decision.passed, decision.reasons
     assert decision.gain == pytest.approx(0.175)
     assert decision.p_value < 0.05
+    low, high = decision.comparisons[0].gain_interval
+    assert 0.1 < low < 0.175 < high
+    assert decision.accuracy_interval[0] < 0.925 < decision.accuracy_interval[1]
+    metrics = decision.metrics()
+    assert metrics["versus"] == "champion" and metrics["gain_ci_low"] == low
 
 
 def test_below_the_floor_is_rejected_even_without_a_champion(gold):
     ok = correct(120, 200)
-    decision = decide(GateSpec(min_accuracy=0.8), metrics_for(ok, gold), ok)
+    majority = Rival("majority", gold == 0)
+    decision = gate(GateSpec(min_accuracy=0.8), gold, ok, baselines=[majority])
     assert not decision.passed
     assert "below the minimum" in decision.reasons[0]
 
 
-def test_without_a_champion_only_the_floor_applies(gold):
+def test_no_champion_is_no_pass_a_first_candidate_must_beat_each_trivial_answer(gold):
     ok = correct(170, 200)
-    decision = decide(GateSpec(min_accuracy=0.8, min_gain=0.5), metrics_for(ok, gold), ok)
-    assert decision.passed and decision.gain is None
+    majority = Rival("majority", gold == 0)  # 50 %
+    strong_baseline = Rival("reviews_only", correct(168, 200))  # as good as the candidate
+    assert gate(GateSpec(), gold, ok, baselines=[majority]).passed
+    decision = gate(GateSpec(), gold, ok, baselines=[majority, strong_baseline])
+    assert not decision.passed
+    assert any("not significantly better than the reviews-only" in r for r in decision.reasons)
+    assert decision.deciding.rival == "reviews_only"  # the binding comparison
+    assert not gate(GateSpec(), gold, ok).passed  # nothing to beat is not a pass
+
+
+def test_a_first_candidate_worse_than_the_majority_class_is_rejected():
+    """The unseen-task case: 70 % accurate where always answering the majority scores 87 %."""
+    gold = np.array([0] * 174 + [1] * 26)  # 87 % HAM
+    rng = np.random.default_rng(0)
+    cand_ok = rng.random(200) < 0.70
+    majority = Rival("majority", gold == 0)
+    decision = gate(GateSpec(min_accuracy=0.5), gold, cand_ok, baselines=[majority])
+    assert not decision.passed
+    assert decision.comparisons[0].gain < -0.1
+    assert "not significantly better than the majority" in decision.reasons[0]
+
+
+def test_the_fm_is_compared_on_the_rows_where_it_answered(gold):
+    cand_ok = correct(180, 200)
+    fm_rows = np.arange(0, 200, 5)  # 40 rows
+    fm = Rival("foundation", np.ones(40, bool), fm_rows)  # right on each of them
+    decision = gate(GateSpec(), gold, cand_ok, baselines=[Rival("majority", gold == 0), fm])
+    assert not decision.passed
+    (c,) = [c for c in decision.comparisons if c.rival == "foundation"]
+    assert c.rows == 40 and c.rival_accuracy == 1.0
+
+
+def test_a_spent_alpha_rejects_what_the_full_level_would_pass(gold):
+    champ_ok = correct(150, 200)
+    cand_ok = (np.arange(200) >= 8) & (np.arange(200) < 172)  # 22 pairs won, 8 lost: p ~ 0.008
+    assert gate(GateSpec(), gold, cand_ok, champ_ok).passed
+    late = gate(GateSpec(), gold, cand_ok, champ_ok, alpha=spent_alpha(0.05, 5))
+    assert not late.passed and late.alpha == spent_alpha(0.05, 5)
 
 
 def test_a_gain_that_is_not_significant_is_rejected(gold):
     champ_ok = correct(160, 200)
     cand_ok = correct(163, 200)
-    decision = decide(
-        GateSpec(), metrics_for(cand_ok, gold), cand_ok, metrics_for(champ_ok, gold), champ_ok
-    )
+    decision = gate(GateSpec(), gold, cand_ok, champ_ok)
     assert not decision.passed
-    assert any("not significant" in r for r in decision.reasons)
+    assert any("not significantly better than the champion" in r for r in decision.reasons)
 
 
 def test_a_gain_below_min_gain_is_rejected_under_either_test(gold):
     champ_ok = correct(150, 200)
     cand_ok = correct(170, 200)
     for test in ("mcnemar", "bootstrap"):
-        decision = decide(
-            GateSpec(min_gain=0.2, test=test),
-            metrics_for(cand_ok, gold),
-            cand_ok,
-            metrics_for(champ_ok, gold),
-            champ_ok,
-        )
+        decision = gate(GateSpec(min_gain=0.2, test=test), gold, cand_ok, champ_ok)
         assert not decision.passed
         assert any("below the required" in r for r in decision.reasons)
         assert decision.p_value < 0.05  # significant, but not by enough
@@ -139,16 +205,86 @@ def test_a_class_whose_recall_collapses_is_rejected(gold):
     """Better overall, but SPAM recall falls: the candidate only learned HAM better."""
     champ_ok = (gold == 0) & (np.arange(200) < 100) | (gold == 1)
     cand_ok = (gold == 0) | ((gold == 1) & (np.arange(200) < 160))
-    decision = decide(
-        GateSpec(max_class_drop=0.1),
-        metrics_for(cand_ok, gold),
-        cand_ok,
-        metrics_for(champ_ok, gold),
-        champ_ok,
-    )
+    decision = gate(GateSpec(max_class_drop=0.1), gold, cand_ok, champ_ok)
     assert decision.gain > 0
     assert not decision.passed
     assert any(r.startswith("recall of SPAM falls by 0.2") for r in decision.reasons)
+    assert decision.classes_checked == 2
+
+
+def test_a_class_with_too_few_rows_or_an_insignificant_drop_does_not_reject():
+    labels = ["a", "b", "c"]
+    gold = np.array([0] * 100 + [1] * 100 + [2] * 4)
+    champ_ok = np.ones(204, bool)
+    champ_ok[:40] = False
+    cand_ok = np.ones(204, bool)
+    cand_ok[200:202] = False  # class c: 4 rows, recall 1.0 -> 0.5
+    cand_ok[100:102] = False  # class b: 1.0 -> 0.98, within max_class_drop
+    decision = gate(GateSpec(min_class_support=10), gold, cand_ok, champ_ok, labels=labels)
+    assert decision.passed, decision.reasons
+    assert decision.classes_checked == 2  # a and b; c has 4 rows
+
+
+def test_on_a_77_label_exam_a_clearly_better_challenger_passes_and_a_worse_one_fails():
+    """~3 exam rows a class: one flipped answer is a 0.33 drop in that class's recall, so a
+    rule without minimum support would reject almost any challenger."""
+    labels = [f"intent_{i}" for i in range(77)]
+    rng = np.random.default_rng(0)
+    gold = np.tile(np.arange(77), 3)  # 231 rows
+    champ_ok = rng.random(231) < 0.60
+    better_ok = champ_ok | (rng.random(231) < 0.55)  # ~80 %
+    better_ok[np.flatnonzero(champ_ok)[:6]] = False  # and a few classes lose a row
+    worse_ok = champ_ok & (rng.random(231) < 0.75)  # ~45 %
+    spec = GateSpec()
+    old_rule = [
+        c
+        for c in range(77)
+        if champ_ok[gold == c].mean() - better_ok[gold == c].mean() > spec.max_class_drop
+    ]
+    assert old_rule  # what used to reject it
+    promoted = gate(spec, gold, better_ok, champ_ok, labels=labels)
+    assert promoted.passed, promoted.reasons
+    assert promoted.classes_checked == 0 and promoted.gain > 0.1
+    rejected = gate(spec, gold, worse_ok, champ_ok, labels=labels)
+    assert not rejected.passed and rejected.gain < -0.1
+
+
+@pytest.fixture(scope="module")
+def banking77_models(tmp_path_factory):
+    """TF-IDF specialists on 3,000 and on 300 banking77 train texts, and a 308-text exam
+    (4 a class) from the test split."""
+    from protege.taskspec import DEFAULT_TASKS_FILE, load_tasks
+
+    names = load_tasks(DEFAULT_TASKS_FILE)["banking77"].label_names
+    train = datasets.load("banking77", "train")
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(train))
+    root = tmp_path_factory.mktemp("gate77")
+    folders = {}
+    for name, n in (("big", 3000), ("small", 300)):
+        rows = order[:n]
+        data = TrainingSet.from_gold(
+            names, [train.texts[i] for i in rows], [train.labels[i] for i in rows]
+        )
+        folders[name] = tfidf.train(data, TrainingSpec(), progress=False).write(
+            root / name, task="banking77", labels=names, version=name
+        )
+    test = datasets.load("banking77", "test")
+    exam = np.concatenate([np.flatnonzero(test.y == c)[:4] for c in range(77)])
+    return folders, names, [test.texts[i] for i in exam], test.y[exam]
+
+
+def test_on_a_real_77_label_exam_the_better_specialist_wins_either_way_round(banking77_models):
+    folders, names, texts, gold = banking77_models
+    ok = {
+        name: evaluate_specialist(folder, texts, gold, names, latency_samples=0).predicted == gold
+        for name, folder in folders.items()
+    }
+    assert ok["big"].mean() > ok["small"].mean() + 0.1
+    promoted = gate(GateSpec(), gold, ok["big"], ok["small"], labels=names)
+    assert promoted.passed, promoted.reasons
+    rejected = gate(GateSpec(), gold, ok["small"], ok["big"], labels=names)
+    assert not rejected.passed
 
 
 # ------------------------------------------------------------------ acceptance on youtube
@@ -183,9 +319,7 @@ def gate_on_test(folders, test, candidate: str, champion: str, spec: GateSpec):
     champ = evaluate_specialist(
         folders[champion], test.texts, test.labels, LABELS, latency_samples=5
     )
-    return decide(
-        spec, cand.metrics, cand.predicted == test.y, champ.metrics, champ.predicted == test.y
-    )
+    return gate(spec, test.y, cand.predicted == test.y, champ.predicted == test.y)
 
 
 def test_a_candidate_trained_on_shuffled_labels_is_rejected(youtube_models):
@@ -193,7 +327,7 @@ def test_a_candidate_trained_on_shuffled_labels_is_rejected(youtube_models):
     decision = gate_on_test(folders, test, "shuffled", "good", GateSpec(min_accuracy=0.8))
     assert not decision.passed
     text = " ".join(decision.reasons)
-    assert "below the minimum" in text and "not significant" in text
+    assert "below the minimum" in text and "not significantly better" in text
     assert decision.gain < -0.3
 
 

@@ -139,3 +139,21 @@ def test_prediction_ids_are_signed_per_deployment_secret():
     assert PredictionIds(b"another-secret-key-0").task_of(pid) is None
     with pytest.raises(ValueError):
         PredictionIds(b"short")
+
+
+def test_the_task_summary_shows_the_threshold_in_use_and_where_it_comes_from(
+    tmp_path, foundation, specialist_folder
+):
+    import shutil
+
+    from protege.artifact import update_meta
+
+    core, _ = make_core(tmp_path, foundation, None)
+    summary = core.summary(core.tasks["youtube-spam"])
+    assert (summary.threshold, summary.threshold_source) == (0.8, "configured")
+    calibrated = shutil.copytree(specialist_folder, tmp_path / "calibrated")
+    update_meta(calibrated, threshold=0.55)
+    assert core.specialists.swap("youtube-spam", calibrated)
+    summary = core.summary(core.tasks["youtube-spam"])
+    assert (summary.threshold, summary.threshold_source) == (0.55, "calibrated")
+    assert summary.configured_threshold == 0.8

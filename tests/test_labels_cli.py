@@ -272,17 +272,18 @@ def test_unknown_task_is_a_clear_error(tasks_file, tmp_path):
         )
 
 
-def test_labeled_data_keeps_holdout_out_and_hands_the_trainer_a_training_set(seeded):
-    from protege.improver.data.gold import HOLDOUT
+def test_labeled_data_keeps_exam_and_calibration_texts_out_of_the_training_set(seeded):
+    from protege.improver.data.gold import TRAIN
     from protege.improver.labeling.labeled import label_store
     from protege.improver.training import TrainingSet
 
     url, _ = seeded
     task = load_tasks(DEFAULT_TASKS_FILE)["youtube-spam"]
     data = label_store(task, ExampleStore(url), sources=("rule", "python", "feedback"))
-    holdout = {g.text for g in data.holdout_gold()}
-    assert holdout and all(data.split[i] != HOLDOUT for i in data.training_rows())
+    held_out = {g.text for g in data.gold if g.split != TRAIN}  # trusted or not
+    assert held_out and all(data.split[i] == TRAIN for i in data.training_rows())
+    assert {"exam", "calibration"} <= set(data.split)
     training = TrainingSet.from_labeled(data)
-    assert not holdout & set(training.texts)
+    assert not held_out & set(training.texts)
     assert training.gold.sum() == sum(1 for g in data.gold if g.split == "train")
     assert len(training) > training.gold.sum()  # soft rows too

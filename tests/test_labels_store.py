@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from protege.improver.data.gold import HOLDOUT, TRAIN, gold_examples, import_gold_file, split_of
-from protege.improver.data.store import ExampleStore
+from protege.improver.data.gold import (
+    CALIBRATION,
+    EXAM,
+    SPLITS,
+    TRAIN,
+    gold_examples,
+    import_gold_file,
+    split_of,
+)
+from protege.improver.data.store import ExampleStore, add_missing_columns
 from protege.schemas import (
     FeedbackEvent,
     LabelProbability,
@@ -38,36 +46,40 @@ def _postgres() -> sa.Engine:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def store(request, tmp_path):
+def store_url(request, tmp_path):
+    """A fresh, empty database: a SQLite file, or a schema of its own on Postgres."""
     if request.param == "sqlite":
-        s = ExampleStore(f"sqlite:///{tmp_path / 'store.db'}")
-        yield s
-        s.close()
+        yield f"sqlite:///{tmp_path / 'store.db'}"
         return
     admin = _postgres()
     schema = f"labels_{uuid.uuid4().hex[:10]}"
     with admin.begin() as conn:
         conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    s = ExampleStore(f"{POSTGRES_URL}?options=-csearch_path%3D{schema}")
     try:
-        yield s
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
     finally:
-        s.close()
         with admin.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
         admin.dispose()
+
+
+@pytest.fixture
+def store(store_url):
+    s = ExampleStore(store_url)
+    yield s
+    s.close()
 
 
 def prediction(
     pid: str, text: str, label: str = "HAM", fm: str | None = "HAM", t: float = 1.0, **kw
 ):
     probs = [LabelProbability(label=label, probability=0.9)]
+    kw.setdefault("probabilities", probs)
     return PredictionEvent(
         prediction_id=pid,
         task="youtube-spam",
         text=text,
         label=label,
-        probabilities=probs,
         route=Route.specialist,
         served_by=ModelRef(model="tfidf", version="1"),
         latency_ms=1.0,
@@ -142,12 +154,93 @@ def test_points_are_one_per_text_with_the_reviews_of_every_prediction_of_it(stor
     assert point.uid == "b" and {r.reviewer for r in point.reviews} == {"ann", "bob"}
 
 
-def test_gold_split_is_fixed_by_text_hash_and_roughly_the_configured_share():
-    texts = [f"comment number {i}" for i in range(2000)]
-    splits = [split_of(t, 0.2) for t in texts]
-    assert splits == [split_of(t, 0.2) for t in texts]  # never changes
-    assert split_of("a  b", 0.2) == split_of("a b", 0.2)  # same text, same split
-    assert 0.15 < splits.count(HOLDOUT) / len(texts) < 0.25
+def test_gold_split_is_fixed_by_text_hash_and_roughly_the_configured_shares():
+    texts = [f"comment number {i}" for i in range(4000)]
+    splits = [split_of(t, 0.2, 0.1) for t in texts]
+    assert splits == [split_of(t, 0.2, 0.1) for t in texts]  # never changes
+    assert split_of("a  b", 0.2, 0.1) == split_of("a b", 0.2, 0.1)  # same text, same split
+    assert 0.17 < splits.count(EXAM) / len(texts) < 0.23
+    assert 0.08 < splits.count(CALIBRATION) / len(texts) < 0.12
+    # The exam bucket is the old 20 % holdout: a calibration share never moves a text into it.
+    assert [s == EXAM for s in splits] == [split_of(t, 0.2, 0.3) == EXAM for t in texts]
+
+
+def test_a_store_made_before_the_trust_and_margin_columns_gets_them_and_keeps_its_rows(
+    store_url,
+):
+    """An additive migration: `create_all` makes missing tables only, so columns added
+    later are added by ALTER TABLE, once, on SQLite and Postgres alike."""
+    engine = sa.create_engine(store_url)
+    old = sa.MetaData()
+    sa.Table(
+        "feedback",
+        old,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+        sa.Column("prediction_id", sa.String(200), nullable=False),
+        sa.Column("task", sa.String(64), nullable=False),
+        sa.Column("reviewer", sa.String(200), nullable=False),
+        sa.Column("verdict", sa.String(8), nullable=False),
+        sa.Column("label", sa.String(200)),
+        sa.Column("comment", sa.Text),
+        sa.Column("timestamp", sa.Float, nullable=False),
+    )
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO feedback (event_id, prediction_id, task, reviewer, verdict, timestamp) "
+            "VALUES ('e0', 'p0', 'youtube-spam', 'ann', 'up', 1.0)"
+        )
+    store = ExampleStore(store_url)  # creates the other tables, adds the columns
+    try:
+        columns = {c["name"] for c in sa.inspect(store.engine).get_columns("feedback")}
+        assert "trusted" in columns
+        assert "margin" in {c["name"] for c in sa.inspect(store.engine).get_columns("predictions")}
+        (row,) = store.feedback_rows("youtube-spam")
+        assert row["reviewer"] == "ann" and row["trusted"] is False  # old rows: untrusted
+        assert add_missing_columns(store.engine) == []  # idempotent
+        store.record(verdict("p1", "up", trusted=True))
+        assert {r["event_id"]: r["trusted"] for r in store.feedback_rows("youtube-spam")}[
+            "e0"
+        ] is False
+    finally:
+        store.close()
+        engine.dispose()
+
+
+def test_a_verdicts_trust_and_an_answers_margin_are_stored(store):
+    store.record(prediction("p1", "nice song"))
+    store.record(
+        prediction(
+            "p2",
+            "sub to me",
+            probabilities=[
+                LabelProbability(label="SPAM", probability=0.55),
+                LabelProbability(label="HAM", probability=0.45),
+            ],
+        )
+    )
+    store.record(verdict("p1", "up", reviewer="owner", trusted=True))
+    store.record(verdict("p1", "up", reviewer="ann"))
+    (point,) = [p for p in store.points("youtube-spam") if p.uid == "p1"]
+    assert {r.reviewer: r.trusted for r in point.reviews} == {"owner": True, "ann": False}
+    recent = store.recent_points("youtube-spam", window=10)
+    assert [p.uid for p in recent] == ["p1", "p2"] or [p.uid for p in recent] == ["p2", "p1"]
+    margins = {p.uid: p.extra["margin"] for p in recent}
+    assert margins["p2"] == pytest.approx(0.1) and margins["p1"] is None  # one probability
+
+
+def test_recent_points_are_the_newest_predictions_one_per_text(store):
+    for i in range(6):
+        store.record(prediction(f"p{i}", f"text {i % 3}", t=float(i)))
+    store.record(verdict("p0", "up"))
+    recent = store.recent_points("youtube-spam", window=4)
+    assert [p.uid for p in recent] == ["p5", "p4", "p3"]  # newest first; p2 is past the window
+    assert [len(p.reviews) for p in recent] == [0, 0, 1]  # p3 is "text 0", which ann reviewed
+    assert not any(p.extra["imported_gold"] for p in recent)
+    store.import_gold("youtube-spam", [("text 1", "HAM")], source="file:owner.csv")
+    owned = {p.uid: p.extra["imported_gold"] for p in store.recent_points("youtube-spam", 4)}
+    assert owned == {"p5": False, "p4": True, "p3": False}
 
 
 def test_gold_comes_from_files_and_reviews_with_the_file_winning(store, tmp_path):
@@ -160,11 +253,35 @@ def test_gold_comes_from_files_and_reviews_with_the_file_winning(store, tmp_path
     gold_file = tmp_path / "gold.csv"
     gold_file.write_text('text,label\n"great video",SPAM\nfree iphone http://x.co,SPAM\n')
     summary = import_gold_file(store, YOUTUBE, gold_file)
-    assert summary["imported"] == 2 and summary[TRAIN] + summary[HOLDOUT] == 2
+    assert summary["imported"] == 2 and sum(summary[s] for s in SPLITS) == 2
     gold = {g.text: g for g in gold_examples(store, YOUTUBE)}
     assert set(gold) == {"great video", "my channel pls", "free iphone http://x.co"}
     assert gold["great video"].label == "SPAM" and gold["great video"].source == "file:gold.csv"
+    assert gold["great video"].trusted  # the task owner's
     assert gold["my channel pls"].source == "review:correction"
+    assert not gold["my channel pls"].trusted  # one untrusted reviewer's word
+    assert {g.split for g in gold.values()} <= {TRAIN, CALIBRATION, EXAM}
+
+
+def test_trusted_gold_comes_from_trusted_keys_or_reviewers_who_agree(store):
+    store.record(prediction("p1", "text one", label="HAM"))
+    store.record(verdict("p1", "down", reviewer="owner", label="SPAM", trusted=True))
+    store.record(verdict("p1", "up", reviewer="ann"))  # an untrusted key disagrees: no matter
+    store.record(prediction("p2", "text two", label="HAM"))
+    store.record(verdict("p2", "up", reviewer="ann"))
+    store.record(verdict("p2", "up", reviewer="bob"))  # two keys agree
+    store.record(prediction("p3", "text three", label="HAM"))
+    store.record(verdict("p3", "up", reviewer="ann"))
+    store.record(verdict("p3", "down", reviewer="bob", label="SPAM"))  # two keys disagree
+    store.record(prediction("p4", "text four", label="HAM"))
+    store.record(prediction("p5", "text four", label="HAM", t=3.0))
+    store.record(verdict("p4", "up", reviewer="ann"))
+    store.record(verdict("p5", "up", reviewer="ann", t=4.0))  # one key twice: still one
+    gold = {g.text: g for g in gold_examples(store, YOUTUBE)}
+    assert (gold["text one"].label, gold["text one"].source) == ("SPAM", "review:trusted")
+    assert (gold["text two"].label, gold["text two"].source) == ("HAM", "review:agreement")
+    assert gold["text one"].trusted and gold["text two"].trusted
+    assert not gold["text three"].trusted and not gold["text four"].trusted
 
 
 def test_a_gold_file_with_an_unknown_label_imports_nothing_and_names_the_line(store, tmp_path):

@@ -66,6 +66,7 @@ def test_task_listing_shows_policy_and_current_models(client):
     assert [t["name"] for t in tasks] == ["youtube-spam", "banking77"]
     youtube = client.get("/v1/tasks/youtube-spam", headers=as_("predict")).json()
     assert youtube["policy"] == "cascade" and youtube["threshold"] == 0.8
+    assert youtube["threshold_source"] == "configured"  # v7 carries no calibrated threshold
     assert youtube["models"]["specialist"] == {"model": "tfidf-lr", "version": "7"}
     assert len(tasks[1]["labels"]) == 77 and tasks[1]["models"]["specialist"] is None
 

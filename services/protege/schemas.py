@@ -139,7 +139,12 @@ class TaskSummary(BaseModel):
     description: str
     labels: list[dict[str, str]]
     policy: str
-    threshold: float
+    threshold: float = Field(
+        description="The cascade threshold in use: the live specialist's calibrated one when "
+        "it has one, else the task's configured one."
+    )
+    threshold_source: Literal["calibrated", "configured"]
+    configured_threshold: float
     shadow_rate: float
     max_batch: int
     max_text_chars: int
@@ -148,6 +153,35 @@ class TaskSummary(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+
+
+class ReviewItem(BaseModel):
+    """A prediction that a review would teach the most about, and why it is in the queue."""
+
+    prediction_id: str = Field(description="The item's id: send the verdict with it.")
+    text: str
+    label: str = Field(description="The label that was served.")
+    confidence: float | None = None
+    margin: float | None = Field(
+        default=None, description="Gap between the served answer's top two probabilities."
+    )
+    route: str | None = None
+    predicted_at: float
+    reviews: int = Field(description="Distinct reviewers who have judged it so far.")
+    score: float = Field(description="Higher first; audit items carry 0.")
+    reasons: list[str] = Field(
+        description="needs_another_review, low_margin, model_disagreement, lf_conflict, "
+        "label_model_disagreement, uncertain (ranked by margin alone), or audit (drawn at "
+        "random from traffic)."
+    )
+
+
+class ReviewQueue(BaseModel):
+    task: str
+    reviewer: str | None = Field(description="Whom the queue is for: their own items are left out.")
+    window: int = Field(description="Recent predictions the queue was drawn from.")
+    label_model: bool = Field(description="The last round's label model took part.")
+    items: list[ReviewItem]
 
 
 # --------------------------------------------------------------------------- events

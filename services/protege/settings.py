@@ -302,6 +302,24 @@ class Settings(BaseSettings):
         gt=0.0,
         description="A training round's per-task lock expires after this long (a crashed round).",
     )
+    improver_port: int = Field(
+        default=0,
+        ge=0,
+        description="The improver's internal API (health, review queue); 0: off.",
+    )
+    improver_host: str = Field(
+        default="127.0.0.1",
+        description="Where the improver's API listens; it has no auth: keep it off public networks.",
+    )
+    improver_url: str | None = Field(
+        default=None,
+        description="The gateway's way to the improver's API (the review queue); unset: 503.",
+    )
+    improver_timeout_s: float = Field(
+        default=5.0,
+        gt=0.0,
+        description="The gateway's wait for the improver's API; also its Retry-After when away.",
+    )
 
     @property
     def models_dir(self) -> Path:

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 # The improver flushes its state on SIGINT; past this it is killed.
 IMPROVER_STOP_TIMEOUT_S = 15.0
+# Imports, the store, joining its consumer group (Tansu delays a join by ~5 s): well
+# under a minute on a busy 2-core machine.
+IMPROVER_READY_TIMEOUT_S = 120.0
 
 
 def stop_on_sigterm() -> None:
@@ -123,9 +126,12 @@ class LocalStack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._start_broker()
+            if self.improver_args is not None:
+                self._place_improver_api()
             self._start_serve()
             if self.improver_args is not None:
                 self._start_improver()
+                self._wait_improver_ready()
         except BaseException:
             self.stop()
             raise
@@ -140,6 +146,19 @@ class LocalStack:
         self.settings = self.settings.model_copy(update={"kafka_bootstrap": self.broker.bootstrap})
         self.pids["broker"] = self.broker.pid
         self.say(f"embedded Kafka-protocol broker (Tansu, in memory) at {self.broker.bootstrap}")
+
+    def _place_improver_api(self) -> None:
+        """A port for the improver's API (unless one is set) and its URL for the gateway,
+        which serves the review queue from it."""
+        if not self.settings.improver_port:
+            from protege.events.broker import free_port
+
+            self.settings = self.settings.model_copy(update={"improver_port": free_port()})
+        if not self.settings.improver_url:
+            host = self.settings.improver_host
+            self.settings = self.settings.model_copy(
+                update={"improver_url": f"http://{host}:{self.settings.improver_port}"}
+            )
 
     def _start_serve(self) -> None:
         from protege.serving.launch import start_serve
@@ -169,6 +188,30 @@ class LocalStack:
             )
         self.pids["improver"] = self.improver.pid
         self.say(f"improver started (pid {self.improver.pid}; log {self.improver_log})")
+
+    def _wait_improver_ready(self) -> None:
+        """Until the improver's /readyz says 200: its store answers and its intake joined
+        the consumer group, so that traffic from now on reaches the review queue."""
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + IMPROVER_READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            code = self.improver_exit_code()
+            if code is not None:
+                raise RuntimeError(f"the improver exited with {code}; see {self.improver_log}")
+            try:
+                if httpx.get(f"{self.settings.improver_url}/readyz", timeout=2).status_code == 200:
+                    self.say("improver ready (store, intake, review queue)")
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(
+            f"the improver was not ready after {IMPROVER_READY_TIMEOUT_S:.0f} s; "
+            f"see {self.improver_log}"
+        )
 
     def improver_exit_code(self) -> int | None:
         """None while the improver runs (or when there is none)."""

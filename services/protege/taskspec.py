@@ -176,16 +176,96 @@ class LabelingSpec(StrictModel):
         description="Off: the specialist was trained on these LFs' labels, so its vote would "
         "echo them (correlated, not independent) and entrench its own errors.",
     )
-    holdout_fraction: float = Field(
-        default=0.2,
-        gt=0.0,
-        lt=1.0,
-        description="Share of gold texts, chosen by text hash, kept for the gate, never trained on.",
-    )
     label_model: LabelModelSpec = Field(default_factory=LabelModelSpec)
 
 
 # Improvement: how a candidate specialist is trained and gated.
+
+
+class ExamSpec(StrictModel):
+    """The gate's exam and the cascade's calibration set: trusted gold, held out by text
+    hash. Trusted: imported by the task's owner, reviewed by a `trusted` key, or given
+    the same label by `agreeing_reviewers` distinct keys."""
+
+    fraction: float = Field(
+        default=0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Share of texts (by hash) in the exam bucket: graded on, never trained on.",
+    )
+    calibration_fraction: float = Field(
+        default=0.1,
+        gt=0.0,
+        lt=1.0,
+        description="Share of texts (by hash) that calibrate the cascade threshold; never "
+        "graded or trained on, so the threshold is not tuned on the gate's rows.",
+    )
+    agreeing_reviewers: int = Field(
+        default=2,
+        ge=2,
+        description="Distinct reviewers (API keys) who must give a text the same label for "
+        "it to grade without a trusted key; one key alone never can.",
+    )
+    min_rows: int = Field(
+        default=30,
+        ge=1,
+        description="Fewer trusted exam rows cannot tell a candidate from a trivial answer "
+        "(95 % Wilson half-width ~0.18 at 50 % accuracy): the round waits for more gold.",
+    )
+    min_foundation_rows: int = Field(
+        default=20,
+        ge=1,
+        description="Exam rows with an FM answer needed to test the candidate against the FM.",
+    )
+    min_calibration_rows: int = Field(
+        default=50,
+        ge=1,
+        description="Calibration rows with an FM answer needed to calibrate the cascade; "
+        "fewer keep the configured threshold (20 rows could pick 0: never escalate).",
+    )
+    refresh_share: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="Once this share of the exam's rows is new since its generation began, "
+        "a new generation starts and the significance budget is spent afresh.",
+    )
+
+    @model_validator(mode="after")
+    def _buckets_fit(self) -> ExamSpec:
+        if self.fraction + self.calibration_fraction >= 1.0:
+            raise ValueError(
+                "exam.fraction + exam.calibration_fraction must leave texts to train on"
+            )
+        return self
+
+
+class ReviewSpec(StrictModel):
+    """The review queue (`GET /v1/tasks/{task}/review-queue`): which predictions reviewers
+    see first."""
+
+    reviews_needed: int = Field(
+        default=1, ge=1, description="Distinct reviewers an item needs before it leaves the queue."
+    )
+    audit_share: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Share of queue items drawn uniformly at random from traffic, so that "
+        "reviewed items still estimate accuracy without the queue's bias.",
+    )
+    window: int = Field(
+        default=2000,
+        gt=0,
+        description="Newest predictions the queue ranks: bounded work per request.",
+    )
+    low_margin: float = Field(
+        default=0.2,
+        ge=0.0,
+        le=1.0,
+        description="Gap between the served answer's top two probabilities below which it "
+        "is `low_margin`.",
+    )
 
 
 class GateSpec(StrictModel):
@@ -207,7 +287,8 @@ class GateSpec(StrictModel):
         default=0.05,
         gt=0.0,
         lt=1.0,
-        description="Level of the one-sided paired test that the candidate beats the champion.",
+        description="Level of the one-sided paired tests that the candidate beats the champion "
+        "(or each trivial answer), spent across the decisions made on the same exam rows.",
     )
     test: Literal["mcnemar", "bootstrap"] = Field(
         default="mcnemar", description="Paired test: exact McNemar, or a paired bootstrap."
@@ -217,7 +298,21 @@ class GateSpec(StrictModel):
         default=0.05,
         ge=0.0,
         le=1.0,
-        description="Largest fall in any one class's recall vs the champion.",
+        description="Largest fall in any one class's recall vs the champion (when the fall "
+        "is also significant; see min_class_support).",
+    )
+    min_class_support: int = Field(
+        default=10,
+        ge=1,
+        description="Exam rows a class needs before its recall is checked: at 2-3 rows one "
+        "flipped answer is a 0.33 drop. Checked classes share `significance` (Bonferroni).",
+    )
+    confidence_level: float = Field(
+        default=0.95,
+        gt=0.0,
+        lt=1.0,
+        description="Of the intervals a decision carries (Wilson for accuracies, paired "
+        "bootstrap for gains).",
     )
     cascade_target_accuracy: float | None = Field(
         default=None,
@@ -278,21 +373,12 @@ class RetrainSpec(StrictModel):
         gt=0.0,
         description="Timer trigger (only when events arrived since the last round); unset: off.",
     )
-    min_holdout_gold: int = Field(
-        default=20,
-        ge=1,
-        description="Fewer held-out gold examples cannot tell a candidate from a coin: skip.",
-    )
     fm_eval_max: int = Field(
         default=64,
         ge=0,
-        description="Held-out texts the improver may send to the FM per round when no FM "
-        "output for them is recorded or cached (~0.3 s a text on CPU for 2 labels, ~5 s for 77).",
-    )
-    fm_calibration_min: int = Field(
-        default=20,
-        ge=1,
-        description="Fewer held-out texts with an FM answer leave the cascade threshold uncalibrated.",
+        description="Exam and calibration texts the improver may send to the FM per round when "
+        "no FM output for them is recorded or cached (~0.3 s a text on CPU for 2 labels, "
+        "~5 s for 77).",
     )
     prompt_lf_budget: int = Field(
         default=64,
@@ -337,6 +423,8 @@ class TaskSpec(StrictModel):
     labeling: LabelingSpec = Field(default_factory=LabelingSpec)
     retrain: RetrainSpec = Field(default_factory=RetrainSpec)
     retention: RetentionSpec = Field(default_factory=RetentionSpec)
+    exam: ExamSpec = Field(default_factory=ExamSpec)
+    review: ReviewSpec = Field(default_factory=ReviewSpec)
 
     @field_validator("labels")
     @classmethod

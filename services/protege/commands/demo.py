@@ -67,8 +67,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--gold",
         type=int,
         default=None,
-        help="texts set aside as the task owner's gold labels (the gate's exam "
-        "is a fifth of them); 0: reviewers' labels only" + per_task("gold"),
+        help="texts set aside as the task owner's gold labels, split by text hash (a "
+        "fifth the gate's exam, a tenth the calibration set, the rest train)" + per_task("gold"),
+    )
+    parser.add_argument(
+        "--exam-gold",
+        type=int,
+        default=None,
+        help="and texts of the exam and calibration buckets only: the owner's evaluation "
+        "set" + per_task("exam_gold"),
+    )
+    parser.add_argument(
+        "--reviews-needed",
+        type=int,
+        default=None,
+        help="reviewers an item of the review queue waits for (2: their agreement makes "
+        "trusted gold)" + per_task("reviews_needed"),
     )
     parser.add_argument(
         "--review-share",
@@ -123,6 +137,8 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         seed=args.seed,
         limit=args.limit,
         gold=args.gold,
+        exam_gold=args.exam_gold,
+        reviews_needed=args.reviews_needed,
         review_share=args.review_share,
         error_rate=args.error_rate,
         concurrency=args.concurrency,
@@ -135,8 +151,10 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
     )
     if not 0 <= options.review_share <= 1 or not 0 <= options.error_rate <= 1:
         raise SystemExit("--review-share and --error-rate are fractions in [0, 1]")
-    if options.gold < 0 or options.retrain_every < 1:
-        raise SystemExit("--gold must be >= 0 and --retrain-every >= 1")
+    if options.gold < 0 or options.exam_gold < 0 or options.retrain_every < 1:
+        raise SystemExit("--gold and --exam-gold must be >= 0 and --retrain-every >= 1")
+    if options.reviews_needed < 1:
+        raise SystemExit("--reviews-needed must be >= 1")
     return options
 
 

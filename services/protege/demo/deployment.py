@@ -1,7 +1,7 @@
 """The run's own deployment, so that every demo starts from day 0: a home in the run
 folder (empty store and registry), a copy of the tasks file with the demo's round
-budgets, the task owner's gold labels in its store, and, when auth is on, an API key
-that only this run knows."""
+budgets, the task owner's gold labels (and evaluation set) in its store, and, when auth
+is on, an API key that only this run knows."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import yaml
 
 from protege.demo.options import DemoOptions
 from protege.demo.reviewers import DEFAULT_NAMES
+from protege.improver.data.gold import TRAIN, task_split
 from protege.settings import Settings, secret_value
-from protege.taskspec import load_tasks
+from protege.taskspec import TaskSpec, load_tasks
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -67,7 +68,7 @@ def write_tasks_file(source: Path, options: DemoOptions, folder: Path) -> Path:
     retrain = found[0].setdefault("retrain", {})
     retrain["prompt_lf_budget"] = options.prompt_lf_budget
     retrain["fm_eval_max"] = options.fm_eval_max
-    retrain["fm_calibration_min"] = options.fm_calibration_min
+    found[0].setdefault("review", {})["reviews_needed"] = options.reviews_needed
     path = folder / "tasks.yaml"
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(
@@ -77,6 +78,21 @@ def write_tasks_file(source: Path, options: DemoOptions, folder: Path) -> Path:
     )
     load_tasks(path)  # a bad value fails here, not in the app or the improver
     return path
+
+
+def owner_exam(
+    task: TaskSpec, items: Sequence[tuple[str, str]], n: int
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(the owner's evaluation set, the rest): the first `n` of `items` whose text falls
+    in the exam or calibration bucket, and every other item in order."""
+    chosen: list[tuple[str, str]] = []
+    rest: list[tuple[str, str]] = []
+    for text, label in items:
+        if len(chosen) < n and task_split(task, text) != TRAIN:
+            chosen.append((text, label))
+        else:
+            rest.append((text, label))
+    return chosen, rest
 
 
 def import_gold(

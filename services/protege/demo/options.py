@@ -8,14 +8,14 @@ from pathlib import Path
 # Knobs whose good value depends on the task: the CPU FM answers a 2-label youtube text
 # in ~0.4 s but a 77-intent banking77 one in ~5-8 s, so on banking77 fifty reviews take
 # ~25 minutes of day-0 traffic. There the task owner brings 1,000 labels (10 % of train;
-# a fifth of them the gate's exam), reviewers answer half the predictions and the
-# improver also trains on a timer: the first specialist lands ~5 minutes into the replay.
-# The FM scores 8 exam texts per round, so that the cascade threshold is calibrated: a
-# 77-way specialist is rarely 60 % sure (the task's threshold), and escalating to an FM
-# that gets ~3 % right would only keep the slow path busy.
+# a fifth of them the gate's exam), reviewers answer half the predictions (one review an
+# item) and the improver also trains on a timer. The FM scores 8 exam or calibration
+# texts per round, toward the 50 calibration rows the cascade threshold needs.
 TASK_PRESETS: dict[str, dict[str, object]] = {
     "banking77": {
         "gold": 1000,
+        "exam_gold": 0,
+        "reviews_needed": 1,
         "review_share": 0.5,
         "retrain_every": 20,
         "retrain_minutes": 3.0,
@@ -34,12 +34,23 @@ class DemoOptions:
     seed: int = 0
     limit: int | None = None  # texts to replay; None: the rest of the split
     # The task owner's labeled examples, imported as gold before the replay: the first
-    # `gold` texts of the shuffled split (never replayed). The improver's gate needs a
-    # held-out exam (a fifth of gold, by text hash) before it can judge a candidate.
-    gold: int = 180
-    review_share: float = 0.3  # of the predictions, reviewed
+    # `gold` texts of the shuffled split (never replayed; a fifth of them, by text hash,
+    # fall in the exam and a tenth in the calibration set, the rest train), then an
+    # evaluation set: the first `exam_gold` texts of the exam and calibration buckets
+    # (~2/3 exam), replayed first as the morning's traffic the owner labeled, so that
+    # the FM's answers on them are recorded. The gate needs `exam.min_rows` (30) trusted
+    # exam rows to decide, and a first candidate must beat the model trained on the
+    # reviewed rows alone with significance, which ~100 exam rows can show; calibrating
+    # the cascade needs 50 calibration rows with an FM answer.
+    gold: int = 0
+    exam_gold: int = 160
+    # Reviewers take items from the review queue; an item leaves it after this many
+    # (2: their agreement makes trusted gold; with auth off nobody holds a trusted key).
+    reviews_needed: int = 1
+    review_share: float = 0.3  # of the predictions: the verdicts reviewers send
     error_rate: float = 0.05  # of the reviews, wrong
     concurrency: int = 4  # requests in flight; the CPU FM batches what arrives together
+    review_every_s: float = 1.0  # how often reviewers catch up with the traffic
     # The first round must come early: on day 0 the CPU FM answers everything at
     # ~0.35 s a text (more on a busy machine), so 50 feedback events (~170 requests at
     # a 30 % share) take about two minutes. Passed to `protege improver run`.
@@ -53,7 +64,6 @@ class DemoOptions:
     # the first round). Set in the run's copy of the tasks file.
     prompt_lf_budget: int = 0  # new texts each prompt LF scores per round (task default 64)
     fm_eval_max: int = 0  # held-out texts the FM scores per round (task default 64)
-    fm_calibration_min: int = 8  # exam rows with an FM answer needed to calibrate (default 20)
     max_minutes: float = 7.0  # the replay stops sending after this long (a whole run: ~8 min)
     out: Path | None = None  # run folder; default runs/demo-<task>-<UTC time>
     port: int | None = None  # default PROTEGE_HTTP_PORT, or a free one when that is taken

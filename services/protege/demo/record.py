@@ -32,7 +32,6 @@ class Outcome:
     version: str
     correct: bool
     latency_ms: float
-    reviewed: bool = False
 
     @property
     def by_fm(self) -> bool:

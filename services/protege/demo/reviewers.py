@@ -1,5 +1,7 @@
-"""Simulated reviewers: people who check a share of the predictions against what
-they know (the data set's gold label) and are sometimes wrong themselves.
+"""Simulated reviewers: people who check predictions against what they know (the data
+set's gold label) and are sometimes wrong themselves. In the demo they take their
+items from the review queue (`protege.demo.traffic`), in turns; `review` also draws a
+random share of predictions, for callers without a queue.
 
 A reviewer agrees (thumbs-up) when the served label is what they believe, and
 otherwise sends a thumbs-down with the label they believe, as a real reviewer's
@@ -73,14 +75,23 @@ class ReviewerPool:
             return self._rng.choice([label for label in self.labels if label != gold])
         return gold
 
-    def review(self, predicted: str, gold: str) -> Review | None:
-        """A review of one prediction, or None when nobody looks at it."""
-        if self._rng.random() >= self.share:
-            return None
-        believed = self.belief(gold)
+    def next_reviewer(self) -> str:
+        """Whose turn it is."""
         name = self.names[self._turn % len(self.names)]
         self._turn += 1
+        return name
+
+    def judge(self, reviewer: str, predicted: str, gold: str) -> Review:
+        """`reviewer`'s verdict on a prediction that served `predicted`."""
+        believed = self.belief(gold)
         self.reviews += 1
         if believed == predicted:
-            return Review(name, "up", None)
-        return Review(name, "down", believed)
+            return Review(reviewer, "up", None)
+        return Review(reviewer, "down", believed)
+
+    def review(self, predicted: str, gold: str) -> Review | None:
+        """A review of one prediction by the next reviewer, or None when nobody looks at
+        it (a random `share` is looked at)."""
+        if self._rng.random() >= self.share:
+            return None
+        return self.judge(self.next_reviewer(), predicted, gold)

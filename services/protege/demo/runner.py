@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from protege.demo import chart, progress, summary
-from protege.demo.deployment import demo_settings, import_gold
+from protege.demo.deployment import demo_settings, import_gold, owner_exam
 from protege.demo.model_events import ModelEventReader
 from protege.demo.options import DemoOptions
 from protege.demo.record import RunRecord
@@ -70,7 +70,11 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
     client_headers = headers.pop("client")
     task = settings.load_tasks()[options.task]
     items = stream(options.task, options.split, options.seed)
-    gold, items = items[: options.gold], items[options.gold :][: options.limit]
+    gold, items = items[: options.gold], items[options.gold :]
+    evaluation, items = owner_exam(task, items, options.exam_gold)
+    # The evaluation set is the morning's traffic, which the owner labeled: it is replayed
+    # first, so the FM's answers on it are recorded (to compare with it, and to calibrate).
+    gold, items = gold + evaluation, (evaluation + items)[: options.limit]
     reviewers = ReviewerPool(
         task.label_names, options.review_share, options.error_rate, seed=options.seed
     )
@@ -78,15 +82,18 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
     console.print(
         f"[bold]Protégé demo[/]: {len(items)} {options.task} texts ({options.split} split, "
         f"seed {options.seed}) from {options.concurrency} clients; reviewers answer "
-        f"{100 * options.review_share:.0f} % of the predictions, "
-        f"{100 * options.error_rate:.0f} % of them wrongly; the improver retrains every "
-        f"{options.retrain_every} feedback events.\nrun folder: {folder}"
+        f"{100 * options.review_share:.0f} % of the predictions from the review queue "
+        f"({options.reviews_needed} an item), {100 * options.error_rate:.0f} % of them "
+        f"wrongly; the improver retrains every {options.retrain_every} feedback events."
+        f"\nrun folder: {folder}"
     )
     if gold:
         counts = import_gold(settings, options.task, gold, folder)
         console.print(
             f"[dim]the task owner's gold: {counts['imported']} labeled texts "
-            f"({counts['holdout']} held out as the gate's exam), never replayed[/]"
+            f"({counts['exam']} held out as the gate's exam, {counts['calibration']} to "
+            f"calibrate the cascade); the {len(evaluation)} of the evaluation set are "
+            "replayed first, the others never[/]"
         )
     stack = LocalStack(
         settings,
@@ -122,6 +129,8 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
             headers=client_headers,
             reviewer_headers=headers,
             deadline_s=60 * options.max_minutes,
+            reviews_needed=task.review.reviews_needed,
+            review_every_s=options.review_every_s,
         )
         stage = "replaying"
 
@@ -162,6 +171,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
                 "url": url,
                 "processes": stack.pids,
                 "gold_imported": len(gold),
+                "exam_gold": len(evaluation),
             },
         )
         console.print(summary.render(record, wall_s))

@@ -1,9 +1,12 @@
 """Traffic replay: a data set's texts sent to the REST API as client requests, a few
-at a time, with the simulated reviewers' feedback on a share of the answers.
+at a time, while the simulated reviewers work through the review queue.
 
 Each answer is judged against the data set's gold label (the client never sends it)
 and kept in the `RunRecord`; a request that fails is counted, not retried, as a
-client in a hurry would.
+client in a hurry would. Reviewers keep up with the traffic: every
+`review_every_s` they may send `share` x answers-so-far verdicts in all; each takes
+its turn asking `GET /v1/tasks/{task}/review-queue` with its own key and judges the
+items it is handed (against the gold label the replay kept for each prediction).
 
 >>> items = stream("youtube-spam", seed=0, limit=3)       # doctest: +SKIP
 >>> asyncio.run(Replay(url, "youtube-spam", items, reviewers, record).run())  # doctest: +SKIP
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import httpx
@@ -24,6 +28,7 @@ from protege.demo.reviewers import ReviewerPool
 
 # A request waits behind the FM's batch queue on a busy 2-core machine: be patient.
 REQUEST_TIMEOUT_S = 120.0
+QUEUE_BATCH = 20  # most items a reviewer asks the queue for at once
 
 
 def stream(
@@ -49,7 +54,11 @@ class Replay:
     record: where outcomes, feedback and errors go (times relative to its `started_at`).
     concurrency: requests in flight at once.
     headers: e.g. the API key.
+    reviewer_headers: each reviewer's own headers (their API key).
     deadline_s: stop sending after this many seconds (None: send every item).
+    reviews_needed: reviews an item gets before the reviewers leave it (the task's
+        `review.reviews_needed`: the replay knows what it sent before the queue does).
+    review_every_s: how often the reviewers catch up with the traffic.
     transport: an httpx transport to use instead of the network (tests).
     """
 
@@ -65,6 +74,8 @@ class Replay:
         headers: dict[str, str] | None = None,
         reviewer_headers: dict[str, dict[str, str]] | None = None,
         deadline_s: float | None = None,
+        reviews_needed: int = 1,
+        review_every_s: float = 1.0,
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -79,8 +90,14 @@ class Replay:
         self.deadline_s = deadline_s
         self.clock = clock
         self.transport = transport
+        self.reviews_needed = reviews_needed
+        self.review_every_s = review_every_s
         self.sent = 0
         self.stopped_early = False
+        self.answered: dict[str, tuple[str, str]] = {}  # prediction id -> (served, gold)
+        self.reviewed: Counter[str] = Counter()  # prediction id -> verdicts sent
+        self.given: set[tuple[str, str]] = set()  # (prediction id, reviewer)
+        self._sending = False
 
     def elapsed(self) -> float:
         return self.clock() - self.record.started_at
@@ -97,7 +114,15 @@ class Replay:
             timeout=REQUEST_TIMEOUT_S,
             transport=self.transport,
         ) as client:
-            await asyncio.gather(*(self._worker(client, queue) for _ in range(self.concurrency)))
+            self._sending = True
+            reviewing = asyncio.create_task(self._review_loop(client))
+            try:
+                await asyncio.gather(
+                    *(self._worker(client, queue) for _ in range(self.concurrency))
+                )
+            finally:
+                self._sending = False
+                await reviewing
 
     async def _worker(self, client: httpx.AsyncClient, queue: asyncio.Queue) -> None:
         while not queue.empty():
@@ -119,7 +144,7 @@ class Replay:
             self.record.add_error(f"predict {response.status_code}")
             return
         prediction = response.json()["predictions"][0]
-        review = self.reviewers.review(prediction["label"], gold)
+        self.answered[prediction["prediction_id"]] = (prediction["label"], gold)
         self.record.add_outcome(
             Outcome(
                 t=self.elapsed(),
@@ -128,17 +153,71 @@ class Replay:
                 version=str(prediction["served_by"]["version"]),
                 correct=prediction["label"] == gold,
                 latency_ms=float(prediction["latency_ms"]),
-                reviewed=review is not None,
             )
         )
-        if review is None:
-            return
+
+    # ------------------------------------------------------------------ reviewing
+
+    def reviews_due(self) -> int:
+        """Verdicts the reviewers owe: `share` of the answers so far, less those sent."""
+        return int(self.reviewers.share * len(self.answered)) - sum(self.reviewed.values())
+
+    async def _review_loop(self, client: httpx.AsyncClient) -> None:
+        """Catch up every `review_every_s` while requests go out, and once more after."""
+        while True:
+            sending = self._sending
+            await self.review_due(client)
+            if not sending:
+                return
+            await asyncio.sleep(self.review_every_s)
+
+    async def review_due(self, client: httpx.AsyncClient) -> None:
+        """Reviewers take turns asking the queue until the verdicts due are sent, or the
+        queue has nothing new for any of them."""
+        idle = 0
+        while self.reviews_due() > 0 and idle < len(self.reviewers.names):
+            sent = await self._review_turn(client, self.reviewers.next_reviewer())
+            idle = 0 if sent else idle + 1
+
+    async def _review_turn(self, client: httpx.AsyncClient, reviewer: str) -> int:
+        """One reviewer's turn: their queue, then a verdict on each item still needed."""
+        headers = self.reviewer_headers.get(reviewer)
+        # A share of what is due, so that the others' turns complete the items it starts.
+        share = -(-self.reviews_due() // self.reviews_needed)
         try:
-            sent = await client.post(
-                "/v1/feedback",
-                json=review.body(prediction["prediction_id"]),
-                headers=self.reviewer_headers.get(review.reviewer),
+            response = await client.get(
+                f"/v1/tasks/{self.task}/review-queue",
+                params={"limit": min(share, QUEUE_BATCH), "reviewer": reviewer},
+                headers=headers,
             )
+        except httpx.HTTPError as exc:
+            self.record.add_error(f"queue {type(exc).__name__}")
+            return 0
+        if response.status_code != 200:
+            self.record.add_error(f"queue {response.status_code}")
+            return 0
+        sent = 0
+        for item in response.json()["items"]:
+            pid = item["prediction_id"]
+            if (
+                pid not in self.answered
+                or (pid, reviewer) in self.given
+                or self.reviewed[pid] >= self.reviews_needed
+                or self.reviews_due() <= 0
+                or sent >= share
+            ):
+                continue
+            served, gold = self.answered[pid]
+            review = self.reviewers.judge(reviewer, served, gold)
+            self.given.add((pid, reviewer))
+            self.reviewed[pid] += 1
+            sent += 1
+            await self._send_review(client, pid, review, headers)
+        return sent
+
+    async def _send_review(self, client, pid: str, review, headers) -> None:
+        try:
+            sent = await client.post("/v1/feedback", json=review.body(pid), headers=headers)
         except httpx.HTTPError as exc:
             self.record.add_error(f"feedback {type(exc).__name__}")
             return

@@ -241,6 +241,10 @@ class EventConsumer:
                 log.exception("event handler failed; the batch will be retried")
                 stop.wait(retry_wait_s)
 
+    def assigned(self) -> bool:
+        """Whether the group has given this member partitions (it joined)."""
+        return bool(self._consumer.assignment())
+
     def stats(self) -> dict[str, int]:
         """records read, events returned, duplicates / skipped / invalid left out, commits, retries."""
         return dict(self._counts)

@@ -6,14 +6,18 @@ triggers and by `protege improver round TASK` by hand. It reads top to bottom:
 2. label: every labeling function votes, the label model combines the votes
    (`labeling.labeled`); prompt LFs score at most `retrain.prompt_lf_budget` new
    texts per round (their scores are cached, so coverage grows round by round);
-3. set the exam: the held-out gold split (fixed by text hash, never trained on) and
-   the FM's answers on it, cheapest first (`judge.exam`);
+3. set the exam: the trusted gold of the exam bucket (fixed by text hash, never
+   trained on), the calibration bucket's, and the FM's answers on both, cheapest
+   first (`judge.exam`); too small an exam skips the round, saying what it lacks;
 4. train: distill into the task's specialist families, here or as a Ray task
-   (`training.jobs`);
-5. judge: the candidate, the champion and the FM side by side on the exam, the
-   cascade threshold calibrated, the gate applied (`judge.judgement`);
+   (`training.jobs`), and the reviews-only model: the chosen family on the reviewed
+   training rows alone, the trivial learner a first candidate must beat;
+5. judge: the candidate, the champion and the trivial answers side by side on the
+   exam, the cascade threshold calibrated on the calibration set, the gate applied at
+   the level left in the exam's significance budget (`judge.judgement`,
+   `judge.spending`);
 6. decide: register the candidate in MLflow with everything above, then promote or
-   reject it (a ModelEvent either way).
+   reject it (a ModelEvent either way), and spend the decision's share of the budget.
 
 One round at a time per task: the `RoundLedger` lease, across threads and processes.
 
@@ -41,12 +45,14 @@ from protege.improver.data.ledger import RoundLedger
 from protege.improver.data.store import ExampleStore
 from protege.improver.judge.exam import Exam, set_exam
 from protege.improver.judge.judgement import Champion, Judgement, judge
+from protege.improver.judge.spending import exam_use, record_decision
 from protege.improver.labeling.analysis import lf_report
 from protege.improver.labeling.functions import SOURCES
+from protege.improver.labeling.label_model import LabelModelFit
 from protege.improver.labeling.labeled import LabeledData, label_examples
 from protege.improver.labeling.sources import default_model_name, task_lfs
 from protege.improver.training.dataset import TrainingSet
-from protege.improver.training.distill import Candidate
+from protege.improver.training.distill import Candidate, train_specialist
 from protege.improver.training.jobs import should_use_ray, train_candidate
 from protege.registry import CHAMPION, ChampionMoved, Publish, Registry, RegistryError
 from protege.schemas import ModelEvent
@@ -85,9 +91,16 @@ class RoundReport:
     judgement: Judgement | None = field(default=None, repr=False)
     foundation: dict | None = None  # FoundationAnswers.summary()
     data: dict = field(default_factory=dict)  # counts of what it trained on
+    # The label model the round fitted, and the LF sources it was fitted on: the review
+    # queue ranks with it until the next round.
+    label_model: tuple[LabelModelFit, tuple[str, ...]] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "judgement"}
+        out = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("judgement", "label_model")
+        }
         if self.judgement is not None:
             out["metrics"] = {
                 k: (m.to_dict() if m else None) for k, m in self.judgement.metrics.items()
@@ -146,14 +159,39 @@ def training_set(task: TaskSpec, labeled: LabeledData) -> TrainingSet:
 def exam_of(
     task: TaskSpec, store: ExampleStore, examples: Examples, backend, model_name: str
 ) -> Exam:
-    """The held-out gold with the FM's answers; NotReady when there is too little of it."""
-    holdout = examples.holdout_gold()
-    if len(holdout) < task.retrain.min_holdout_gold:
+    """The exam and the calibration set, with the FM's answers; NotReady, naming the
+    numbers, when the exam is too small for a decision."""
+    exam = examples.exam_gold()
+    if len(exam) < task.exam.min_rows:
+        untrusted = sum(1 for g in examples.gold if g.split == "exam" and not g.trusted)
         raise NotReady(
-            f"{task.name}: {len(holdout)} held-out gold examples "
-            f"(< retrain.min_holdout_gold = {task.retrain.min_holdout_gold})"
+            f"{task.name}: the exam has {len(exam)} trusted gold rows (< exam.min_rows = "
+            f"{task.exam.min_rows}; {untrusted} more in the exam bucket have one untrusted "
+            "reviewer's word): waiting for more trusted gold (imported with `protege gold "
+            f"import`, reviewed with a `trusted` key, or {task.exam.agreeing_reviewers} "
+            "reviewers who agree)"
         )
-    return set_exam(task, store, holdout, backend, model_name)
+    return set_exam(task, store, exam, examples.calibration_gold(), backend, model_name)
+
+
+def reviews_only_model(
+    task: TaskSpec, labeled: LabeledData, family: str, trainer: Trainer | None = None
+) -> tuple[Candidate | None, str | None]:
+    """(model, why not): `family` trained on the train bucket's gold alone (reviews and
+    imported labels, no LFs, no FM): what the reviews would buy without the loop."""
+    gold = labeled.train_gold()
+    present = {g.label for g in gold}
+    if len(present) < 2:
+        return None, f"{len(gold)} reviewed training rows cover {len(present)} label(s)"
+    data = TrainingSet.from_gold(task.label_names, [g.text for g in gold], [g.label for g in gold])
+    spec = task.model_copy(
+        update={"training": task.training.model_copy(update={"families": [family]})}
+    )
+    if trainer is not None:
+        return trainer(spec, data), None
+    # One family: nothing to choose between, so its own rows stand in for validation.
+    validation = (data.texts, data.targets.argmax(axis=1))
+    return train_specialist(task.name, data, spec.training, validation, progress=False), None
 
 
 def fetch_champion(registry: Registry, task: TaskSpec) -> Champion | None:
@@ -316,6 +354,7 @@ def run_round(
         try:
             examples = gather(store, task)
             labeled = label(task, examples, store, backend, sources, model_name)
+            report.label_model = (labeled.fit, tuple(sources))
             exam = exam_of(task, store, examples, backend, model_name)
             train = training_set(task, labeled)
         except NotReady as exc:
@@ -328,6 +367,7 @@ def run_round(
             "train": len(train),
             "train_gold": int(train.gold.sum()),
             "exam": len(exam),
+            "calibration": len(exam.calibration) if exam.calibration else 0,
             "feedback_events": feedback,
         }
         if trainer is None:
@@ -336,11 +376,21 @@ def run_round(
         else:
             candidate = trainer(task, train)
         report.family = candidate.family
+        baseline, why_not = reviews_only_model(task, labeled, candidate.family, trainer)
         lfs = lf_report(labeled)
+        use = exam_use(store, task, exam.texts)
         with tempfile.TemporaryDirectory(prefix=f"protege-{task.name}-") as tmp:
             folder = candidate.write(Path(tmp) / "candidate")
             champion = fetch_champion(registry, task)
-            judgement = judge(task, folder, exam, champion)
+            judgement = judge(
+                task,
+                folder,
+                exam,
+                champion,
+                reviews_only=baseline.write(Path(tmp) / "reviews-only") if baseline else None,
+                reviews_only_problem=why_not,
+                use=use,
+            )
             if ledger.state(task.name).holder != holder:
                 raise LeaseLost(f"{task.name}: the round's lease is no longer {holder}'s")
             version, event = decide(
@@ -354,6 +404,9 @@ def run_round(
                 publish=publish,
                 judged_against=champion.version if champion else "",
             )
+        record_decision(
+            store, task, use, exam.texts, version=version, passed=judgement.decision.passed
+        )
         report.judgement, report.version = judgement, version
         report.outcome, report.reasons = event.action.value, list(event.reasons)
         record(store, registry, task, version, lfs, report, exam)

@@ -24,6 +24,10 @@ replicas (or a restart) agree on them; the ledger's lease keeps a task to one ro
 as `interrupted` (so that the task can train again at once, not after
 `improver_lease_s`) and its Ray training cancelled.
 
+With `PROTEGE_IMPROVER_PORT` set, a fourth thread serves the internal HTTP API
+(`protege.improver.api`: /livez, /readyz and the review queue, which ranks with the
+label model of this process's last round of the task).
+
 >>> service = ImproverService(settings).start()   # doctest: +SKIP
 >>> service.stop()                                # doctest: +SKIP
 """
@@ -59,6 +63,9 @@ RESULTS_KEPT = 100  # recent round results kept in memory for status and tests
 # (both poll in <= 1 s), the producer sends or spools; within improver_stop_timeout_s + 10 s.
 THREADS_STOP_S = 4.0
 PRODUCER_CLOSE_S = 2.0
+# /livez: the rounds loop must have ticked within max(this many checks, the floor below).
+LIVE_TICKS = 3
+LIVE_FLOOR_S = 60.0
 
 
 class ImproverService:
@@ -110,11 +117,17 @@ class ImproverService:
         self.run = run
         self.holder = default_holder()
         self.results: deque[RoundReport] = deque(maxlen=RESULTS_KEPT)
+        # task -> the label model of this process's last round and the LF sources it was
+        # fitted on: the review queue's view of what the LFs say.
+        self.label_models: dict[str, tuple] = {}
         self.ingestor: Ingestor | None = None
+        self.api_server = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self._in_progress: str | None = None  # the task whose round runs now
+        self._ticked_at: float | None = None  # monotonic time of the rounds loop's last tick
+        self._round_since: float | None = None  # a round is running since then
 
     @property
     def registry(self):
@@ -133,8 +146,40 @@ class ImproverService:
         if self.settings.kafka_bootstrap:
             self._spawn("requests", self._consume_requests)
         self._spawn("rounds", self._rounds)
+        if self.settings.improver_port:
+            self._serve_api()
         log.info("improver started for %s", sorted(self.tasks))
         return self
+
+    def _serve_api(self) -> None:
+        import uvicorn
+
+        from protege.improver.api import build_improver_api
+
+        app = build_improver_api(
+            self.tasks,
+            self.store,
+            live=self.live,
+            ready=self.ready,
+            label_models=self.label_models.get,
+        )
+        config = uvicorn.Config(
+            app,
+            host=self.settings.improver_host,
+            port=self.settings.improver_port,
+            log_level="warning",
+            lifespan="off",
+        )
+        self.api_server = uvicorn.Server(config)
+        # Not in _threads: /livez reports on the threads that do the work.
+        thread = threading.Thread(
+            target=self.api_server.run, name="protege-improver-api", daemon=True
+        )
+        thread.start()
+        self._api_thread = thread
+        log.info(
+            "improver API on http://%s:%d", self.settings.improver_host, self.settings.improver_port
+        )
 
     def _spawn(self, name: str, target: Callable[[], object]) -> None:
         thread = threading.Thread(target=target, name=f"protege-improver-{name}", daemon=True)
@@ -161,6 +206,11 @@ class ImproverService:
         for name, thread in self._threads.items():
             if name != "rounds":
                 thread.join(max(until - time.monotonic(), 0.0))
+        if self.api_server is not None:
+            self.api_server.should_exit = True
+            self._api_thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
         if self.ingestor is not None:
             self.ingestor.close()
         if self._producer is not None:
@@ -178,6 +228,42 @@ class ImproverService:
         """Block until `stop()` (from a signal handler or another thread)."""
         while not self._stop.wait(1.0):
             pass
+
+    # ------------------------------------------------------------------ health
+
+    def live(self, now: float | None = None) -> tuple[bool, dict]:
+        """Alive: every thread runs, and the rounds loop ticked lately or is in a round
+        (shorter than the lease: a longer one is stuck)."""
+        now = time.monotonic() if now is None else now
+        dead = [t.name for t in self._threads if not t.is_alive()]
+        window = max(LIVE_TICKS * self.settings.improver_check_s, LIVE_FLOOR_S)
+        since_tick = None if self._ticked_at is None else now - self._ticked_at
+        in_round = None if self._round_since is None else now - self._round_since
+        ticking = (since_tick is not None and since_tick <= window) or (
+            in_round is not None and in_round <= self.settings.improver_lease_s
+        )
+        detail = {
+            "threads": {t.name: t.is_alive() for t in self._threads},
+            "seconds_since_tick": since_tick,
+            "round_running_s": in_round,
+        }
+        if dead:
+            detail["problem"] = f"threads stopped: {dead}"
+        elif not ticking:
+            detail["problem"] = f"the rounds loop has not ticked for {since_tick} s (> {window} s)"
+        return not dead and ticking, detail
+
+    def ready(self) -> tuple[bool, dict]:
+        """Ready: the store answers and the intake (when this process runs one) joined
+        its consumer group."""
+        try:
+            self.store.ping()
+            store = True
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            store = f"{type(exc).__name__}: {exc}"
+        intake = None if self.ingestor is None else self.ingestor.joined
+        ok = store is True and intake is not False
+        return ok, {"store": store, "intake_joined": intake}
 
     # ------------------------------------------------------------------ triggers
 
@@ -221,6 +307,7 @@ class ImproverService:
             if self._stop.is_set():
                 break
             self._in_progress = name
+            self._round_since = time.monotonic()
             try:
                 result = self.run(
                     self.tasks[name],
@@ -237,6 +324,9 @@ class ImproverService:
                 continue
             finally:
                 self._in_progress = None
+                self._round_since = None
+            if result.label_model is not None:
+                self.label_models[name] = result.label_model
             self.results.append(result)
             done.append(result)
         return done
@@ -252,6 +342,7 @@ class ImproverService:
                     self.prune()
                 except Exception:  # the store briefly away: the next turn prunes
                     log.exception("applying retention failed")
+            self._ticked_at = time.monotonic()
             try:
                 self.run_due()
             except Exception:  # the store or registry briefly away: try again next check

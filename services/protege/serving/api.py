@@ -7,7 +7,7 @@ import logging
 import math
 import uuid
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -19,12 +19,14 @@ from protege.schemas import (
     FeedbackResponse,
     PredictRequest,
     PredictResponse,
+    ReviewQueue,
     TaskSummary,
 )
 from protege.serving.admin_api import build_admin_router
 from protege.serving.auth import ApiKeys, Identity, require
 from protege.serving.champion_watcher import ChampionWatcher
 from protege.serving.gateway import GatewayCore, InputError, UnknownPrediction
+from protege.serving.improver_client import ImproverClient, ImproverUnavailable
 from protege.serving.limits import BodyLimit, CallerLimits
 from protege.serving.router import FoundationUnavailable
 from protege.settings import Settings
@@ -40,7 +42,8 @@ ERROR_MEANINGS = {
     409: "The registry cannot do that (no such version, nothing to roll back to).",
     413: "The request body is over PROTEGE_MAX_BODY_BYTES.",
     429: "Over the key's request rate or the reviewer's verdict quota; see Retry-After.",
-    503: "Try again (see Retry-After): the foundation model is unavailable or overloaded.",
+    503: "Try again (see Retry-After): the foundation model or the improver is unavailable, "
+    "or the service is overloaded.",
 }
 
 
@@ -51,6 +54,10 @@ def errors(*codes: int) -> dict:
         code: {"model": ErrorBody, "description": ERROR_MEANINGS[code]}
         for code in sorted({400, 401, 403, 413, 429, *codes})
     }
+
+
+# Retry-After when no improver URL is configured: only an operator can fix that.
+UNCONFIGURED_RETRY_AFTER_S = 60
 
 
 class Utf8Route(APIRoute):
@@ -89,6 +96,7 @@ def build_api(
     api_keys: ApiKeys,
     watcher: ChampionWatcher | None = None,
     settings: Settings | None = None,
+    improver: ImproverClient | None = None,
 ) -> FastAPI:
     """The app; `settings` gives the limits (body size, rates, quotas, Retry-After).
     With auth disabled there are no identities to limit: no rates or quotas."""
@@ -151,6 +159,38 @@ def build_api(
             task=event.task,
             event_id=event.event_id,
         )
+
+    @router.get(
+        "/v1/tasks/{task}/review-queue",
+        response_model=ReviewQueue,
+        responses=errors(404, 503),
+        tags=["feedback"],
+    )
+    async def review_queue(
+        spec: TaskSpec = Depends(task_of),
+        limit: int = Query(20, ge=1, le=100, description="Most items to return."),
+        reviewer: str | None = Query(
+            None,
+            max_length=200,
+            description="Optional: must equal the API key's name, as in feedback.",
+        ),
+        identity: Identity = Depends(require("feedback")),
+    ) -> ReviewQueue:
+        """Predictions ranked for review (low margin, disagreements, a random audit share),
+        each with the reasons it is there; the caller's own reviewed items are left out."""
+        who = reviewer_of(identity, reviewer, api_keys.disabled)
+        if improver is None:
+            raise HTTPException(
+                503,
+                "the review queue is served by the improver; PROTEGE_IMPROVER_URL is unset",
+                headers={"Retry-After": str(UNCONFIGURED_RETRY_AFTER_S)},
+            )
+        try:
+            return await improver.review_queue(spec.name, limit, who.name)
+        except ImproverUnavailable as exc:
+            raise HTTPException(
+                503, str(exc), headers={"Retry-After": str(math.ceil(improver.timeout_s))}
+            ) from None
 
     @router.get(
         "/v1/tasks",

@@ -17,6 +17,7 @@ from protege.serving.auth import ApiKeys
 from protege.serving.champion_watcher import ChampionWatcher
 from protege.serving.foundation_client import HandleFoundation
 from protege.serving.gateway import GatewayCore
+from protege.serving.improver_client import ImproverClient
 from protege.serving.metrics import EventLogMetrics, ServingMetrics
 from protege.serving.prediction_ids import PredictionIds
 from protege.serving.specialists import SpecialistSlots
@@ -80,6 +81,11 @@ class Gateway:
         )
         self.api_keys = ApiKeys.from_settings(settings)
         self.settings = settings
+        self.improver = (
+            ImproverClient(settings.improver_url, settings.improver_timeout_s)
+            if settings.improver_url
+            else None
+        )
         self.watcher = None
         if settings.watch_registry and settings.mlflow_tracking_uri:
             self.watcher = ChampionWatcher(
@@ -95,7 +101,7 @@ class Gateway:
             self.events.close(timeout=5)
 
     def __serve_build_asgi_app__(self):
-        return build_api(self.core, self.api_keys, self.watcher, self.settings)
+        return build_api(self.core, self.api_keys, self.watcher, self.settings, self.improver)
 
 
 def event_producer(settings: Settings):

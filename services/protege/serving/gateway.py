@@ -236,6 +236,7 @@ class GatewayCore:
     # ------------------------------------------------------------------ introspection
     def summary(self, task: TaskSpec) -> TaskSummary:
         live = self.specialists.get(task.name)
+        calibrated = live.model.meta.threshold if live else None
         return TaskSummary(
             name=task.name,
             description=task.description,
@@ -243,7 +244,9 @@ class GatewayCore:
                 {"name": label.name, "description": label.description} for label in task.labels
             ],
             policy=task.routing.policy.value,
-            threshold=task.routing.threshold,
+            threshold=task.routing.threshold if calibrated is None else calibrated,
+            threshold_source="configured" if calibrated is None else "calibrated",
+            configured_threshold=task.routing.threshold,
             shadow_rate=task.routing.shadow_rate,
             max_batch=task.limits.max_batch,
             max_text_chars=task.limits.max_text_chars,

@@ -1,12 +1,12 @@
 """Gather a task's examples from the store: one data point per distinct text of its
 traffic, plus the gold texts its owner imported that traffic never carried, and
-every gold label (see `protege.improver.data.gold`)."""
+every gold label, trusted or not (see `protege.improver.data.gold`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protege.improver.data.gold import HOLDOUT, gold_examples
+from protege.improver.data.gold import CALIBRATION, EXAM, gold_examples
 from protege.improver.data.records import DataPoint, GoldExample, text_hash
 from protege.improver.data.store import ExampleStore
 from protege.taskspec import TaskSpec
@@ -17,9 +17,13 @@ class Examples:
     points: list[DataPoint]
     gold: list[GoldExample]
 
-    def holdout_gold(self) -> list[GoldExample]:
-        """The exam: gold in the held-out split, never trained on."""
-        return [g for g in self.gold if g.split == HOLDOUT]
+    def exam_gold(self) -> list[GoldExample]:
+        """The exam: trusted gold in the exam bucket, never trained on."""
+        return [g for g in self.gold if g.split == EXAM and g.trusted]
+
+    def calibration_gold(self) -> list[GoldExample]:
+        """Trusted gold in the calibration bucket: the cascade threshold's data."""
+        return [g for g in self.gold if g.split == CALIBRATION and g.trusted]
 
 
 def gather(store: ExampleStore, task: TaskSpec) -> Examples:

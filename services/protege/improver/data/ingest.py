@@ -61,6 +61,7 @@ class Ingestor:
         self.stored = 0
         self.already_stored = 0
         self.ignored = 0
+        self.joined = False  # the consumer group gave it partitions: it is taking events
 
     def handle(self, events: list[Event]) -> int:
         """Store one batch; returns when it is committed to the store."""
@@ -90,6 +91,9 @@ class Ingestor:
                 log.exception("storing a batch failed; retrying")
                 stop.wait(1.0)
                 continue
+            if not self.joined and self.consumer.assigned():
+                self.joined = True
+                log.info("intake joined its consumer group")
             if handled:
                 last_event = time.monotonic()
             elif idle_exit_s is not None and time.monotonic() - last_event > idle_exit_s:

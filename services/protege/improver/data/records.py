@@ -23,6 +23,7 @@ class Review:
     predicted: str | None  # the label the reviewed prediction served
     label: str | None = None  # the correction, when the reviewer gave one
     timestamp: float = 0.0
+    trusted: bool = False  # sent with a key that holds the `trusted` role
 
 
 @dataclass(frozen=True)
@@ -44,5 +45,8 @@ class DataPoint:
 class GoldExample:
     text: str
     label: str
-    source: str  # "file:<name>", "review:correction" or "review:confirmed"
-    split: str  # "train" or "holdout", from the text's hash
+    # "file:<name>", "review:trusted", "review:agreement" (trusted);
+    # "review:correction", "review:confirmed" (one untrusted reviewer's word)
+    source: str
+    split: str  # "train", "calibration" or "exam", from the text's hash
+    trusted: bool = False  # may grade (exam) or calibrate; untrusted gold only trains

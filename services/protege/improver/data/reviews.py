@@ -45,3 +45,39 @@ def rejected_predictions(x: DataPoint) -> set[str]:
     if down <= up:
         return set()
     return {r.predicted for r in x.reviews if r.verdict == "down" and r.predicted is not None}
+
+
+def reviewer_labels(x: DataPoint) -> dict[str, str]:
+    """reviewer -> the label their latest verdict on the text gives it: their correction,
+    or the served label they confirmed (a bare thumbs-down names no label)."""
+    found: dict[str, str] = {}
+    for r in sorted(x.reviews, key=lambda r: r.timestamp):
+        if r.label is not None and r.label != r.predicted:
+            found[r.reviewer] = r.label
+        elif r.verdict == "up" and r.predicted is not None:
+            found[r.reviewer] = r.predicted
+        else:
+            found.pop(r.reviewer, None)
+    return found
+
+
+def trusted_label(x: DataPoint) -> str | None:
+    """The label reviewers with a `trusted` key gave (as `correction`/`confirmed` read
+    their verdicts alone)."""
+    trusted = DataPoint(x.text, reviews=tuple(r for r in x.reviews if r.trusted))
+    if not trusted.reviews:
+        return None
+    return correction(trusted) or confirmed(trusted)
+
+
+def agreed_label(x: DataPoint, agreeing: int) -> str | None:
+    """The label at least `agreeing` distinct reviewers gave, when more than half of the
+    reviewers who named a label named it. Reviewers are API keys: one key's repeated
+    verdicts count once."""
+    labels = Counter(reviewer_labels(x).values())
+    if not labels:
+        return None
+    label, count = labels.most_common(1)[0]
+    if count >= agreeing and 2 * count > sum(labels.values()):
+        return label
+    return None

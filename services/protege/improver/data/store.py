@@ -61,6 +61,8 @@ predictions = sa.Table(
     sa.Column("specialist_label", sa.String(200)),
     sa.Column("specialist_confidence", sa.Float),
     sa.Column("timestamp", sa.Float, nullable=False),
+    # The served answer's top-two probability gap: what the review queue ranks by.
+    sa.Column("margin", sa.Float),
 )
 
 feedback = sa.Table(
@@ -75,6 +77,8 @@ feedback = sa.Table(
     sa.Column("label", sa.String(200)),
     sa.Column("comment", sa.Text),
     sa.Column("timestamp", sa.Float, nullable=False),
+    # The reviewer's key holds the `trusted` role: the verdict may grade models.
+    sa.Column("trusted", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("prediction_id", "reviewer", name="uq_feedback_prediction_reviewer"),
 )
 
@@ -121,6 +125,33 @@ reports = sa.Table(
 )
 
 
+# Columns added after a table's first release: `add_missing_columns` adds them to stores
+# created before (create_all only creates missing tables).
+ADDED_COLUMNS = (("feedback", "trusted"), ("predictions", "margin"))
+
+
+def add_missing_columns(engine: sa.Engine) -> list[str]:
+    """ALTER TABLE ... ADD COLUMN for each of `ADDED_COLUMNS` a table lacks (SQLite and
+    Postgres alike); idempotent, and safe when another process does it at the same time.
+    Returns what it added."""
+    added = []
+    for table_name, column_name in ADDED_COLUMNS:
+        have = {c["name"] for c in sa.inspect(engine).get_columns(table_name)}
+        if column_name in have:
+            continue
+        column = metadata.tables[table_name].c[column_name]
+        ddl = sa.schema.CreateColumn(column).compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN {ddl}")
+            added.append(f"{table_name}.{column_name}")
+        except sa.exc.DBAPIError:
+            # Another process added it first; anything else shows up on the re-check.
+            if column_name not in {c["name"] for c in sa.inspect(engine).get_columns(table_name)}:
+                raise
+    return added
+
+
 def _engine_kwargs(url: str) -> dict:
     if url.startswith("sqlite"):
         # One file shared by the consumer thread and CLI reads.
@@ -139,6 +170,8 @@ class ExampleStore:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         if create:
             metadata.create_all(self.engine)
+            for added in add_missing_columns(self.engine):
+                log.info("store: added column %s", added)
 
     @classmethod
     def from_settings(cls, settings) -> ExampleStore:
@@ -146,6 +179,11 @@ class ExampleStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def ping(self) -> None:
+        """Raises when the database does not answer."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.select(1))
 
     # ------------------------------------------------------------------ events
 
@@ -224,6 +262,7 @@ class ExampleStore:
                 specialist_label=e.specialist.label if e.specialist else None,
                 specialist_confidence=_top(e.specialist),
                 timestamp=e.timestamp,
+                margin=_margin(e),
             )
         )
 
@@ -237,6 +276,7 @@ class ExampleStore:
             "label": e.label,
             "comment": e.comment,
             "timestamp": e.timestamp,
+            "trusted": e.trusted,
         }
         key = (feedback.c.prediction_id == e.prediction_id) & (feedback.c.reviewer == e.reviewer)
         earlier = conn.execute(sa.select(feedback.c.id, feedback.c.timestamp).where(key)).first()
@@ -397,39 +437,59 @@ class ExampleStore:
             if limit:
                 query = query.limit(limit)
             rows = conn.execute(query).all()[::-1]  # oldest first
-            window_hashes = {r.text_hash for r in rows}
-            fb_query = (
-                sa.select(feedback, predictions.c.text_hash, predictions.c.label.label("served"))
-                .join(predictions, predictions.c.prediction_id == feedback.c.prediction_id)
-                .where(feedback.c.task == task)
+            latest: dict[str, object] = {}
+            for r in rows:  # later predictions of the same text replace earlier ones
+                latest[r.text_hash] = r
+            reviews = self._reviews(conn, task, list(latest) if limit else None)
+        return [_point(r, reviews.get(h, ())) for h, r in latest.items()]
+
+    def recent_points(self, task: str, window: int) -> list[DataPoint]:
+        """The task's `window` newest predictions, newest first, one per distinct text
+        (its newest prediction), with every verdict on that text: what the review queue
+        ranks. `extra` has the prediction's `confidence`, `margin`, `route`, `timestamp`,
+        and `imported_gold`: the task's owner already labeled the text."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(predictions)
+                .where(predictions.c.task == task)
+                .order_by(predictions.c.timestamp.desc())
+                .limit(window)
+            ).all()
+            newest: dict[str, object] = {}
+            for r in rows:
+                newest.setdefault(r.text_hash, r)
+            reviews = self._reviews(conn, task, list(newest))
+            labeled = set(
+                conn.execute(
+                    sa.select(gold.c.text_hash).where(
+                        (gold.c.task == task) & gold.c.text_hash.in_(list(newest))
+                    )
+                ).scalars()
             )
-            if limit:
-                oldest = rows[0].timestamp if rows else 0.0
-                fb_query = fb_query.where(predictions.c.timestamp >= oldest)
-            fb_rows = [r for r in conn.execute(fb_query) if r.text_hash in window_hashes]
-        reviews: dict[str, list[Review]] = defaultdict(list)
-        for r in fb_rows:
-            reviews[r.text_hash].append(
-                Review(r.reviewer, r.verdict, r.served, r.label, r.timestamp)
-            )
-        latest: dict[str, object] = {}
-        for r in rows:  # later predictions of the same text replace earlier ones
-            latest[r.text_hash] = r
-        points = [
-            DataPoint(
-                text=r.text,
-                uid=r.prediction_id,
-                served_label=r.label,
-                foundation_label=r.foundation_label,
-                foundation_confidence=r.foundation_confidence,
-                specialist_label=r.specialist_label,
-                specialist_confidence=r.specialist_confidence,
-                reviews=tuple(sorted(reviews.get(h, ()), key=lambda v: v.timestamp)),
-                extra={"text_hash": h},
-            )
-            for h, r in latest.items()
-        ]
+        points = [_point(r, reviews.get(h, ())) for h, r in newest.items()]
+        for x in points:
+            x.extra["imported_gold"] = x.extra["text_hash"] in labeled
         return points
+
+    @staticmethod
+    def _reviews(conn, task: str, hashes: list[str] | None = None) -> dict[str, list[Review]]:
+        """text hash -> each reviewer's latest verdicts on the predictions of that text."""
+        query = (
+            sa.select(feedback, predictions.c.text_hash, predictions.c.label.label("served"))
+            .join(predictions, predictions.c.prediction_id == feedback.c.prediction_id)
+            .where(feedback.c.task == task)
+        )
+        found: dict[str, list[Review]] = defaultdict(list)
+        chunks = (
+            [None] if hashes is None else [hashes[i : i + 500] for i in range(0, len(hashes), 500)]
+        )
+        for chunk in chunks:
+            part = query if chunk is None else query.where(predictions.c.text_hash.in_(chunk))
+            for r in conn.execute(part):
+                found[r.text_hash].append(
+                    Review(r.reviewer, r.verdict, r.served, r.label, r.timestamp, bool(r.trusted))
+                )
+        return found
 
     # ------------------------------------------------------------------ gold
 
@@ -520,6 +580,32 @@ class ExampleStore:
             return [
                 {**dict(r._mapping), "payload": json.loads(r.payload)} for r in conn.execute(query)
             ]
+
+
+def _point(row, reviews) -> DataPoint:
+    return DataPoint(
+        text=row.text,
+        uid=row.prediction_id,
+        served_label=row.label,
+        foundation_label=row.foundation_label,
+        foundation_confidence=row.foundation_confidence,
+        specialist_label=row.specialist_label,
+        specialist_confidence=row.specialist_confidence,
+        reviews=tuple(sorted(reviews, key=lambda v: v.timestamp)),
+        extra={
+            "text_hash": row.text_hash,
+            "confidence": row.confidence,
+            "margin": row.margin,
+            "route": row.route,
+            "timestamp": row.timestamp,
+        },
+    )
+
+
+def _margin(event: PredictionEvent) -> float | None:
+    """Top-two probability gap of the served answer (None with a single probability)."""
+    top = sorted((p.probability for p in event.probabilities), reverse=True)
+    return float(top[0] - top[1]) if len(top) >= 2 else None
 
 
 def _top(output) -> float | None:

@@ -1,11 +1,13 @@
-"""The exam: the held-out gold a candidate is judged on, and the foundation model's
-answers on it, cheapest first.
+"""The exam: the trusted held-out gold a candidate is judged on, the calibration set
+the cascade threshold is chosen on (a separate bucket), and the foundation model's
+answers on both, cheapest first.
 
 The FM's answers come from (1) prediction events in the store (escalations and
 shadow runs, already paid for), (2) scores cached by earlier rounds, (3) at most
 `retrain.fm_eval_max` texts scored now (~0.3 s a text on CPU for 2 labels, ~5 s for
-77), chosen by text hash so that later rounds extend the same sample. The FM is
-scored, and the cascade threshold calibrated, on the exam rows that have an FM answer.
+77), chosen by text hash across both sets so that later rounds extend the same
+sample. The candidate is tested against the FM on the exam rows that have an FM
+answer, and the cascade is calibrated on the calibration rows that have one.
 """
 
 from __future__ import annotations
@@ -37,6 +39,16 @@ class FoundationAnswers:
     cached: int  # scored in an earlier round
     scored: int  # scored in this round
     exam: int  # texts in the exam
+    origin: np.ndarray | None = None  # per row: 0 recorded, 1 cached, 2 scored now
+
+    def part(self, start: int, stop: int) -> FoundationAnswers:
+        """The answers on texts `start:stop`, their rows renumbered from 0."""
+        keep = (self.rows >= start) & (self.rows < stop)
+        origin = self.origin[keep] if self.origin is not None else np.zeros(0, np.int64)
+        counts = [int(np.sum(origin == k)) for k in range(3)]
+        return FoundationAnswers(
+            self.probabilities[keep], self.rows[keep] - start, *counts, stop - start, origin
+        )
 
     def summary(self) -> dict:
         return {
@@ -50,17 +62,19 @@ class FoundationAnswers:
 
 @dataclass(frozen=True)
 class Exam:
-    """Held-out gold texts and labels, with the FM's answers on some of them."""
+    """Trusted held-out gold texts and labels, with the FM's answers on some of them;
+    `calibration` holds the calibration bucket's, in the same form."""
 
     texts: list[str]
     labels: list[str]
     foundation: FoundationAnswers
+    calibration: Exam | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def foundation_rows(self, min_rows: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(FM probabilities, their exam rows) when there are enough to calibrate on."""
+        """(FM probabilities, their rows) when at least `min_rows` texts have an FM answer."""
         if len(self.foundation.rows) < min_rows:
             return None, None
         return self.foundation.probabilities, self.foundation.rows
@@ -121,6 +135,11 @@ def foundation_answers(
         )
     rows = np.array(sorted(probs), dtype=np.int64)
     matrix = np.stack([probs[i] for i in rows]) if len(rows) else np.zeros((0, len(task.labels)))
+    recorded_rows = {i for i, h in enumerate(hashes) if h in recorded}
+    cached_rows = {i for i in rest if texts[i] in cached}
+    origin = np.array(
+        [0 if i in recorded_rows else 1 if i in cached_rows else 2 for i in rows], dtype=np.int64
+    )
     return FoundationAnswers(
         matrix.astype(np.float32),
         rows,
@@ -128,13 +147,32 @@ def foundation_answers(
         n_cached,
         len(probs) - n_recorded - n_cached,
         len(texts),
+        origin,
     )
 
 
 def set_exam(
-    task: TaskSpec, store: ExampleStore, holdout: Sequence[GoldExample], backend, model_name: str
+    task: TaskSpec,
+    store: ExampleStore,
+    exam: Sequence[GoldExample],
+    calibration: Sequence[GoldExample],
+    backend,
+    model_name: str,
 ) -> Exam:
-    """The exam from the held-out gold, with the FM's answers (see module docstring)."""
-    texts, labels = [g.text for g in holdout], [g.label for g in holdout]
-    answers = foundation_answers(task, store, texts, backend, task.retrain.fm_eval_max, model_name)
-    return Exam(texts, labels, answers)
+    """The exam and the calibration set from trusted held-out gold, with the FM's answers
+    on both (one `retrain.fm_eval_max` budget between them; see module docstring)."""
+    gold = list(exam) + list(calibration)
+    answers = foundation_answers(
+        task, store, [g.text for g in gold], backend, task.retrain.fm_eval_max, model_name
+    )
+    split = len(exam)
+    return Exam(
+        [g.text for g in exam],
+        [g.label for g in exam],
+        answers.part(0, split),
+        Exam(
+            [g.text for g in calibration],
+            [g.label for g in calibration],
+            answers.part(split, len(gold)),
+        ),
+    )

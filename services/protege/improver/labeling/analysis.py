@@ -112,9 +112,11 @@ def lf_report(data, seed: int = 0) -> dict:
         "created_at": time.time(),
         "examples": len(data.points),
         "train": int((split == "train").sum()),
-        "holdout": int((split == "holdout").sum()),
+        "calibration": int((split == "calibration").sum()),
+        "exam": int((split == "exam").sum()),
         "gold": len(data.gold),
-        "gold_holdout": sum(1 for g in data.gold if g.split == "holdout"),
+        "gold_trusted": sum(1 for g in data.gold if g.trusted),
+        "gold_exam": sum(1 for g in data.gold if g.split == "exam" and g.trusted),
         "label_model": data.fit.choice,
         "lfs": lf_summary(data.matrix, gold_y),
         "sources": source_summary(data.matrix, gold_y, seed),
@@ -150,8 +152,9 @@ def format_lf_report(report: dict) -> str:
     )
     summary = (
         f"task {report['task']}: {report['examples']} examples "
-        f"({report['train']} train, {report['holdout']} holdout), {report['gold']} gold "
-        f"({report['gold_holdout']} holdout)"
+        f"({report['train']} train, {report['calibration']} calibration, {report['exam']} "
+        f"exam), {report['gold']} gold ({report['gold_trusted']} trusted, "
+        f"{report['gold_exam']} in the exam)"
     )
     choice = report["label_model"]
     lines = [

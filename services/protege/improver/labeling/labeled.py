@@ -2,9 +2,10 @@
 label model combines the votes into one probabilistic label per covered point.
 
 The label model is fitted on the ``train`` split only and chooses between Snorkel's
-model and majority vote on the train split's gold; ``holdout`` gold is left for the
-gate. On tasks with more than two labels a reviewer's bare thumbs-down rules its
-served label out of the example's probabilistic label.
+model and majority vote on the train split's gold; the ``exam`` and ``calibration``
+buckets are left for the gate and the cascade threshold. On tasks with more than two
+labels a reviewer's bare thumbs-down rules its served label out of the example's
+probabilistic label.
 
 Example
 -------
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from protege.improver.data.examples import Examples, gather
-from protege.improver.data.gold import HOLDOUT, TRAIN, split_of
+from protege.improver.data.gold import TRAIN, task_split
 from protege.improver.data.records import DataPoint, GoldExample, text_hash
 from protege.improver.data.store import ExampleStore
 from protege.improver.labeling.feedback import rejected_labels
@@ -40,7 +41,7 @@ class LabeledData:
 
     task: TaskSpec
     points: list[DataPoint]
-    split: np.ndarray  # "train" | "holdout" per point
+    split: np.ndarray  # "train" | "calibration" | "exam" per point
     matrix: LabelMatrix
     fit: LabelModelFit
     probs: np.ndarray  # [N, C] probabilistic labels (meaningful where `labeled`)
@@ -57,10 +58,8 @@ class LabeledData:
         return np.flatnonzero(self.labeled & (self.split == TRAIN))
 
     def train_gold(self) -> list[GoldExample]:
+        """Gold in the train bucket, trusted or not: what a reviews-only model learns from."""
         return [g for g in self.gold if g.split == TRAIN]
-
-    def holdout_gold(self) -> list[GoldExample]:
-        return [g for g in self.gold if g.split == HOLDOUT]
 
 
 def label_examples(
@@ -69,8 +68,7 @@ def label_examples(
     """Apply `lfs` to the examples' points and fit the task's label model (see module
     docstring)."""
     points, gold = list(examples.points), list(examples.gold)
-    fraction = task.labeling.holdout_fraction
-    split = np.array([split_of(x.text, fraction) for x in points], dtype=object)
+    split = np.array([task_split(task, x.text) for x in points], dtype=object)
     index = {name: i for i, name in enumerate(task.label_names)}
     gold_by_hash = {text_hash(g.text): index[g.label] for g in gold}
     gold_y = np.array([gold_by_hash.get(text_hash(x.text), -1) for x in points], dtype=np.int64)

@@ -1,0 +1,1 @@
+"""The review queue: which predictions reviewers should see first (`queue`)."""
