@@ -36,6 +36,9 @@ class Route(str, Enum):
 class Verdict(str, Enum):
     up = "up"
     down = "down"
+    # Withdraws the reviewer's earlier verdict on the prediction (the console's undo):
+    # stored as the reviewer's latest verdict, which readers then leave out.
+    retract = "retract"
 
 
 class ModelRef(BaseModel):
@@ -120,6 +123,12 @@ class FeedbackRequest(Body):
     )
     comment: str | None = Field(default=None, max_length=2000)
 
+    @model_validator(mode="after")
+    def _retract_names_no_label(self) -> FeedbackRequest:
+        if self.verdict is Verdict.retract and self.label is not None:
+            raise ValueError("a 'retract' verdict withdraws the earlier one: give no 'label'")
+        return self
+
 
 class FeedbackResponse(BaseModel):
     accepted: bool
@@ -182,6 +191,112 @@ class ReviewQueue(BaseModel):
     window: int = Field(description="Recent predictions the queue was drawn from.")
     label_model: bool = Field(description="The last round's label model took part.")
     items: list[ReviewItem]
+
+
+# The improver's internal API for the review console (`/review`): reservations, the item
+# as a reviewer sees it, progress and agreement, and the task owner's reports.
+
+
+class ReviewerRequest(Body):
+    reviewer: str = Field(min_length=1, max_length=200)
+
+
+class ItemRequest(ReviewerRequest):
+    prediction_id: str = Field(min_length=1, max_length=200)
+
+
+class ModelAnswerSummary(BaseModel):
+    model: str | None = Field(default=None, description="'model:version', when recorded.")
+    label: str
+    confidence: float | None = None
+
+
+class SourceVote(BaseModel):
+    """One labeling function's vote on the item (prompt LFs: from their cache only)."""
+
+    name: str
+    source: str
+    label: str | None = Field(description="None: the LF abstained.")
+
+
+class ReviewCard(BaseModel):
+    """One queue item as a reviewer judges it. Other reviewers' verdicts are left out:
+    reviews stay independent."""
+
+    task: str
+    item: ReviewItem
+    served_by: str | None = Field(default=None, description="'model:version' that answered.")
+    probabilities: list[LabelProbability] = Field(
+        default_factory=list, description="The served answer's top-k, most likely first."
+    )
+    specialist: ModelAnswerSummary | None = None
+    foundation: ModelAnswerSummary | None = None
+    votes: list[SourceVote] = Field(default_factory=list)
+    reviewers_disagree: bool = Field(
+        default=False, description="Earlier reviewers disagreed: this is a second look."
+    )
+    reserved_until: float = Field(description="No other reviewer gets the item before then.")
+
+
+class Assignment(BaseModel):
+    task: str
+    reviewer: str
+    card: ReviewCard | None = Field(description="None: nothing left to review.")
+    waiting: int = Field(description="Other open items this reviewer could take now.")
+
+
+class Undone(BaseModel):
+    task: str
+    reviewer: str
+    prediction_id: str = Field(description="The item whose verdict was withdrawn; held again.")
+
+
+class ReviewerProgress(BaseModel):
+    reviewer: str
+    today: int = Field(description="Verdicts since midnight UTC.")
+    total: int
+    thumbs_down: int
+    thumbs_down_rate: float | None
+    shared: int = Field(description="Items another reviewer judged too.")
+    agreed: int = Field(description="Of those, items where this reviewer agreed with all others.")
+
+
+class Agreement(BaseModel):
+    items: int = Field(description="Items with two or more reviewers naming a label.")
+    observed: float | None = Field(description="Share of agreeing reviewer pairs.")
+    kappa: float | None = Field(description="Fleiss' kappa (raters may vary per item).")
+    disagreements: int = Field(description="Items where reviewers disagree.")
+
+
+class ReviewStats(BaseModel):
+    task: str
+    today_since: float
+    reviewers: list[ReviewerProgress]
+    agreement: Agreement
+
+
+class TimelineBucket(BaseModel):
+    start: float
+    end: float
+    predictions: int
+    foundation: int = Field(description="Answered by the FM (route foundation or escalated).")
+    gold: int = Field(description="Predictions whose text has a gold label.")
+    correct: int = Field(description="Of those, the served label was the gold one.")
+
+
+class Timeline(BaseModel):
+    task: str
+    buckets: list[TimelineBucket]
+
+
+class Analysis(BaseModel):
+    """`protege lf report` and `protege errors` for the browser (prompt LFs vote from
+    their cache only: a page view never calls the FM)."""
+
+    task: str
+    lf_report: dict
+    errors: dict[str, list[dict]]
+    error_totals: dict[str, int]
 
 
 # --------------------------------------------------------------------------- events

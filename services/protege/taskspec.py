@@ -266,6 +266,19 @@ class ReviewSpec(StrictModel):
         description="Gap between the served answer's top two probabilities below which it "
         "is `low_margin`.",
     )
+    second_looks: int = Field(
+        default=1,
+        ge=0,
+        description="Reviewers an item gets beyond `reviews_needed` when its reviewers "
+        "disagree: a tie-breaker, first in the queue.",
+    )
+    reservation_minutes: float = Field(
+        default=10.0,
+        gt=0.0,
+        le=24 * 60,
+        description="How long an item handed to a reviewer in the console is kept from "
+        "the others: time to read and judge it.",
+    )
 
 
 class GateSpec(StrictModel):
@@ -413,6 +426,9 @@ class RetentionSpec(StrictModel):
 class TaskSpec(StrictModel):
     name: str = Field(pattern=TASK_NAME_PATTERN)
     description: str = ""
+    # What reviewers read beside each item in the console (plain text; blank lines
+    # separate paragraphs).
+    guidelines: str = Field(default="", max_length=20_000)
     labels: list[LabelSpec] = Field(min_length=2)
     prompt: PromptSpec = Field(default_factory=PromptSpec)
     routing: RoutingSpec = Field(default_factory=RoutingSpec)

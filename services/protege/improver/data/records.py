@@ -50,3 +50,28 @@ class GoldExample:
     source: str
     split: str  # "train", "calibration" or "exam", from the text's hash
     trusted: bool = False  # may grade (exam) or calibrate; untrusted gold only trains
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A review console's reservation of an item for one reviewer."""
+
+    prediction_id: str
+    reviewer: str
+    reserved_at: float
+    expires_at: float
+    done_at: float | None = None  # the holder sent a verdict then
+    answered_at: float | None = None  # the time of the holder's stored verdict on the item
+
+    @property
+    def finished(self) -> bool:
+        """The holder judged the item since taking it: sent (`done_at`), or stored after
+        the hold began (the console's word may have been lost)."""
+        return self.done_at is not None or (
+            self.answered_at is not None and self.answered_at >= self.reserved_at
+        )
+
+    @property
+    def releases(self) -> bool:
+        """Keeps no one else out any more: finished, and the verdict is stored."""
+        return self.done_at is not None and self.answered_at is not None

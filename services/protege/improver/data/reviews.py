@@ -81,3 +81,24 @@ def agreed_label(x: DataPoint, agreeing: int) -> str | None:
     if count >= agreeing and 2 * count > sum(labels.values()):
         return label
     return None
+
+
+def reviewer_positions(x: DataPoint, labels: list[str]) -> dict[str, str]:
+    """reviewer -> what their latest verdict on the text says, as something two reviewers
+    can agree on: the label they gave or confirmed, or for a bare thumbs-down "not
+    <served>" (on a two-label task, the other label). For agreement, not for training."""
+    found: dict[str, str] = {}
+    for r in sorted(x.reviews, key=lambda r: r.timestamp):
+        if r.label is not None and r.label != r.predicted:
+            found[r.reviewer] = r.label
+        elif r.verdict == "up" and r.predicted is not None:
+            found[r.reviewer] = r.predicted
+        elif r.verdict == "down" and r.predicted is not None:
+            others = [label for label in labels if label != r.predicted]
+            found[r.reviewer] = others[0] if len(labels) == 2 else f"not {r.predicted}"
+    return found
+
+
+def reviewers_disagree(x: DataPoint, labels: list[str]) -> bool:
+    """Two reviewers of the text took different positions (see `reviewer_positions`)."""
+    return len(set(reviewer_positions(x, labels).values())) > 1

@@ -28,7 +28,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from protege.improver.data.records import DataPoint, Review, text_hash
+from protege.improver.data.records import DataPoint, Hold, Review, text_hash
 from protege.schemas import FeedbackEvent, PredictionEvent
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ predictions = sa.Table(
     sa.Column("timestamp", sa.Float, nullable=False),
     # The served answer's top-two probability gap: what the review queue ranks by.
     sa.Column("margin", sa.Float),
+    # The served answer's top-k [[label, probability], ...] (JSON): what reviewers see.
+    sa.Column("probabilities", sa.Text),
 )
 
 feedback = sa.Table(
@@ -113,6 +115,32 @@ pruned = sa.Table(
     sa.Column("count", sa.Integer, nullable=False),
 )
 
+# The review console's reservations: an item handed to a reviewer is kept from the others
+# until `expires_at`, or until the holder's verdict is stored (`done_at` set by the console
+# when it sent the verdict). One holder per item: the primary key.
+reservations = sa.Table(
+    "reservations",
+    metadata,
+    sa.Column("prediction_id", sa.String(200), primary_key=True),
+    sa.Column("task", sa.String(64), nullable=False, index=True),
+    sa.Column("reviewer", sa.String(200), nullable=False),
+    sa.Column("reserved_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("done_at", sa.Float),
+)
+
+# Items a reviewer skipped in the console: not handed to them again.
+skips = sa.Table(
+    "review_skips",
+    metadata,
+    sa.Column("prediction_id", sa.String(200), primary_key=True),
+    sa.Column("reviewer", sa.String(200), primary_key=True),
+    sa.Column("task", sa.String(64), nullable=False, index=True),
+    sa.Column("skipped_at", sa.Float, nullable=False),
+)
+
+RETRACT = "retract"  # a verdict that withdraws the reviewer's earlier one: readers skip it
+
 reports = sa.Table(
     "reports",
     metadata,
@@ -127,7 +155,11 @@ reports = sa.Table(
 
 # Columns added after a table's first release: `add_missing_columns` adds them to stores
 # created before (create_all only creates missing tables).
-ADDED_COLUMNS = (("feedback", "trusted"), ("predictions", "margin"))
+ADDED_COLUMNS = (
+    ("feedback", "trusted"),
+    ("predictions", "margin"),
+    ("predictions", "probabilities"),
+)
 
 
 def add_missing_columns(engine: sa.Engine) -> list[str]:
@@ -263,6 +295,7 @@ class ExampleStore:
                 specialist_confidence=_top(e.specialist),
                 timestamp=e.timestamp,
                 margin=_margin(e),
+                probabilities=json.dumps([[p.label, p.probability] for p in e.probabilities]),
             )
         )
 
@@ -337,6 +370,11 @@ class ExampleStore:
         cutoff = now - max_age_s if max_age_s else None
         deleted = {"predictions": 0, "feedback": 0, "events": 0}
         with self.engine.begin() as conn:
+            conn.execute(  # reservations past their time hold nothing
+                reservations.delete().where(
+                    (reservations.c.task == task) & (reservations.c.expires_at <= now)
+                )
+            )
             old = predictions.c.task == task
             keep_from = cutoff
             if max_predictions:
@@ -357,6 +395,7 @@ class ExampleStore:
                 deleted["feedback"] += conn.execute(
                     feedback.delete().where(feedback.c.prediction_id.in_(gone))
                 ).rowcount
+                conn.execute(skips.delete().where(skips.c.prediction_id.in_(gone)))
                 deleted["predictions"] = conn.execute(
                     predictions.delete().where(old & (predictions.c.timestamp < keep_from))
                 ).rowcount
@@ -418,6 +457,7 @@ class ExampleStore:
         return sorted(names)
 
     def feedback_rows(self, task: str) -> list[dict]:
+        """Every reviewer's latest verdict row, retractions included (raw)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(feedback).where(feedback.c.task == task).order_by(feedback.c.timestamp)
@@ -473,11 +513,12 @@ class ExampleStore:
 
     @staticmethod
     def _reviews(conn, task: str, hashes: list[str] | None = None) -> dict[str, list[Review]]:
-        """text hash -> each reviewer's latest verdicts on the predictions of that text."""
+        """text hash -> each reviewer's latest verdicts on the predictions of that text
+        (a retracted verdict is no verdict)."""
         query = (
             sa.select(feedback, predictions.c.text_hash, predictions.c.label.label("served"))
             .join(predictions, predictions.c.prediction_id == feedback.c.prediction_id)
-            .where(feedback.c.task == task)
+            .where((feedback.c.task == task) & (feedback.c.verdict != RETRACT))
         )
         found: dict[str, list[Review]] = defaultdict(list)
         chunks = (
@@ -490,6 +531,188 @@ class ExampleStore:
                     Review(r.reviewer, r.verdict, r.served, r.label, r.timestamp, bool(r.trusted))
                 )
         return found
+
+    def point_of(self, task: str, prediction_id: str) -> DataPoint | None:
+        """One prediction as a data point, with every verdict on its text and
+        `extra` as `recent_points` gives it; None when the store does not hold it."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(predictions).where(
+                    (predictions.c.task == task) & (predictions.c.prediction_id == prediction_id)
+                )
+            ).first()
+            if row is None:
+                return None
+            reviews = self._reviews(conn, task, [row.text_hash])
+            labeled = conn.execute(
+                sa.select(gold.c.id).where(
+                    (gold.c.task == task) & (gold.c.text_hash == row.text_hash)
+                )
+            ).first()
+        x = _point(row, reviews.get(row.text_hash, ()))
+        x.extra["imported_gold"] = labeled is not None
+        return x
+
+    def reviews_by_text(self, task: str) -> dict[str, list[Review]]:
+        """text hash -> every reviewer's latest verdict on the task's predictions of it."""
+        with self.engine.connect() as conn:
+            return dict(self._reviews(conn, task))
+
+    def reviewer_counts(self, task: str, since: float) -> list[dict]:
+        """Per reviewer of the task: verdicts in all (`total`), since `since` (`recent`),
+        and thumbs-down among them (`down`); retracted verdicts do not count."""
+        query = (
+            sa.select(
+                feedback.c.reviewer,
+                sa.func.count().label("total"),
+                sa.func.sum(sa.case((feedback.c.timestamp >= since, 1), else_=0)).label("recent"),
+                sa.func.sum(sa.case((feedback.c.verdict == "down", 1), else_=0)).label("down"),
+            )
+            .where((feedback.c.task == task) & (feedback.c.verdict != RETRACT))
+            .group_by(feedback.c.reviewer)
+            .order_by(feedback.c.reviewer)
+        )
+        with self.engine.connect() as conn:
+            return [
+                {
+                    "reviewer": r.reviewer,
+                    "total": int(r.total),
+                    "recent": int(r.recent or 0),
+                    "down": int(r.down or 0),
+                }
+                for r in conn.execute(query)
+            ]
+
+    def served(self, task: str, limit: int) -> list[tuple[float, str, str, str | None]]:
+        """(timestamp, text hash, served label, route) of the task's newest `limit`
+        predictions, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    predictions.c.timestamp,
+                    predictions.c.text_hash,
+                    predictions.c.label,
+                    predictions.c.route,
+                )
+                .where(predictions.c.task == task)
+                .order_by(predictions.c.timestamp.desc())
+                .limit(limit)
+            ).all()
+        return [tuple(r) for r in reversed(rows)]
+
+    # ------------------------------------------------------------------ reservations
+
+    def live_holds(self, task: str, now: float) -> list[Hold]:
+        """The task's unexpired reservations, each with the time of its holder's stored
+        verdict on the item (`answered_at`): a finished and answered hold keeps no one out."""
+        answered = (
+            sa.select(feedback.c.timestamp)
+            .where(
+                (feedback.c.prediction_id == reservations.c.prediction_id)
+                & (feedback.c.reviewer == reservations.c.reviewer)
+                & (feedback.c.verdict != RETRACT)
+            )
+            .correlate(reservations)
+            .scalar_subquery()
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(reservations, answered.label("answered")).where(
+                    (reservations.c.task == task) & (reservations.c.expires_at > now)
+                )
+            )
+            return [
+                Hold(
+                    r.prediction_id,
+                    r.reviewer,
+                    r.reserved_at,
+                    r.expires_at,
+                    r.done_at,
+                    r.answered,
+                )
+                for r in rows
+            ]
+
+    def hold(self, task: str, prediction_id: str, reviewer: str, until: float, now: float) -> bool:
+        """Reserve the item for `reviewer` until `until`; False when another reviewer
+        holds it (unexpired, and not finished with a stored verdict). Atomic across
+        processes: the item is the table's primary key."""
+        answered = (
+            sa.select(feedback.c.id)
+            .where(
+                (feedback.c.prediction_id == prediction_id)
+                & (feedback.c.reviewer == reservations.c.reviewer)
+                & (feedback.c.verdict != RETRACT)
+            )
+            .correlate(reservations)
+            .exists()
+        )
+        released = (
+            (reservations.c.expires_at <= now)
+            | (reservations.c.reviewer == reviewer)
+            | (reservations.c.done_at.is_not(None) & answered)
+        )
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    reservations.delete().where(
+                        (reservations.c.prediction_id == prediction_id) & released
+                    )
+                )
+                conn.execute(
+                    reservations.insert().values(
+                        prediction_id=prediction_id,
+                        task=task,
+                        reviewer=reviewer,
+                        reserved_at=now,
+                        expires_at=until,
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def finish_hold(self, task: str, prediction_id: str, reviewer: str, now: float) -> bool:
+        """The holder sent a verdict: the hold keeps others out only until it is stored."""
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    reservations.update()
+                    .where(
+                        (reservations.c.task == task)
+                        & (reservations.c.prediction_id == prediction_id)
+                        & (reservations.c.reviewer == reviewer)
+                    )
+                    .values(done_at=now)
+                ).rowcount
+            )
+
+    def skip(self, task: str, prediction_id: str, reviewer: str, now: float) -> None:
+        """Release the reviewer's hold on the item and never hand it to them again."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                reservations.delete().where(
+                    (reservations.c.prediction_id == prediction_id)
+                    & (reservations.c.reviewer == reviewer)
+                )
+            )
+            key = (skips.c.prediction_id == prediction_id) & (skips.c.reviewer == reviewer)
+            if conn.execute(sa.select(skips.c.task).where(key)).first() is None:
+                conn.execute(
+                    skips.insert().values(
+                        prediction_id=prediction_id, reviewer=reviewer, task=task, skipped_at=now
+                    )
+                )
+
+    def skipped(self, task: str, reviewer: str) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(
+                conn.execute(
+                    sa.select(skips.c.prediction_id).where(
+                        (skips.c.task == task) & (skips.c.reviewer == reviewer)
+                    )
+                ).scalars()
+            )
 
     # ------------------------------------------------------------------ gold
 
@@ -598,6 +821,8 @@ def _point(row, reviews) -> DataPoint:
             "margin": row.margin,
             "route": row.route,
             "timestamp": row.timestamp,
+            "served_by": row.served_by,
+            "probabilities": json.loads(row.probabilities) if row.probabilities else [],
         },
     )
 

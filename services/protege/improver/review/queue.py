@@ -12,7 +12,9 @@ has not labeled already, are ranked by what is cheap to know, never asking the F
 - `label_model_disagreement`: the last round's label model, over every LF's vote
   (prompt LFs from their cache only), prefers another label than the one served;
 - `needs_another_review`: someone reviewed it, but fewer than `review.reviews_needed`
-  did: a second reviewer who agrees makes it trusted gold, so it comes first.
+  did: a second reviewer who agrees makes it trusted gold, so it comes first;
+- `reviewers_disagree`: its reviewers disagree: it stays in the queue for up to
+  `review.second_looks` more reviewers (tie-breakers), ahead of everything else.
 
 The score is the uncertainty (1 - margin) plus a weight per signal; items with no
 signal are ranked by uncertainty alone (`uncertain`). Ranked items are then taken in
@@ -45,6 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from protege.improver.data.records import DataPoint
+from protege.improver.data.reviews import reviewers_disagree
 from protege.improver.labeling.functions import ABSTAIN, LabelingFunction, apply_lfs
 from protege.improver.labeling.label_model import LabelModelFit
 from protege.improver.labeling.sources import default_model_name, task_lfs
@@ -54,6 +57,7 @@ CHEAP = ("rule", "python")  # LF sources that cost nothing to apply
 # Added to the uncertainty (0..1): a disagreement between models outranks a low margin,
 # which a disagreement usually comes with anyway.
 WEIGHTS = {
+    "reviewers_disagree": 4.0,  # settling a disputed label beats finishing an item
     "needs_another_review": 3.0,  # finishing an item beats starting one
     "low_margin": 0.5,
     "model_disagreement": 1.0,
@@ -84,6 +88,17 @@ def reviewers(x: DataPoint) -> set[str]:
     return {r.reviewer for r in x.reviews}
 
 
+def wants_review(task: TaskSpec, x: DataPoint) -> bool:
+    """Fewer than `review.reviews_needed` reviewers, or reviewers who disagree and room
+    for a tie-breaker (`review.second_looks`)."""
+    n = len(reviewers(x))
+    if n < task.review.reviews_needed:
+        return True
+    return n < task.review.reviews_needed + task.review.second_looks and reviewers_disagree(
+        x, task.label_names
+    )
+
+
 def open_items(task: TaskSpec, points: Sequence[DataPoint], reviewer: str | None) -> list:
     """Points that still need a review, and not one from `reviewer`: not the texts the
     task's owner labeled (imported gold), nor those with enough reviewers."""
@@ -91,7 +106,7 @@ def open_items(task: TaskSpec, points: Sequence[DataPoint], reviewer: str | None
         x
         for x in points
         if not x.extra.get("imported_gold")
-        and len(reviewers(x)) < task.review.reviews_needed
+        and wants_review(task, x)
         and (reviewer is None or reviewer not in reviewers(x))
     ]
 
@@ -122,7 +137,9 @@ def signals(
     for i, x in enumerate(points):
         margin = margin_of(x, len(names))
         reasons = []
-        if x.reviews:
+        if x.reviews and reviewers_disagree(x, names):
+            reasons.append("reviewers_disagree")
+        elif x.reviews:
             reasons.append("needs_another_review")
         if margin < task.review.low_margin:
             reasons.append("low_margin")
