@@ -314,7 +314,18 @@ def test_a_slow_spool_disk_never_slows_a_request(
 # ---------------------------------------------------------------- 7. every route, every role
 
 
-PUBLIC = {"healthz", "readyz", "openapi", "swagger_ui_html", "swagger_ui_redirect", "redoc_html"}
+PUBLIC = {
+    "healthz",
+    "readyz",
+    "openapi",
+    "swagger_ui_html",
+    "swagger_ui_redirect",
+    "redoc_html",
+    "console_sign_in_form",
+}
+# The console's sign-in takes a key in its form: without the form's CSRF token (its
+# sign-in cookie) it is 403 for everyone, whatever the headers say.
+SIGN_IN = {"console_sign_in"}
 # The role each route needs, by route name (the handler's name). A new route fails the
 # test until it is added here: decide who may call it.
 ROLE_OF = {
@@ -322,11 +333,23 @@ ROLE_OF = {
     "list_tasks": "predict",
     "get_task": "predict",
     "feedback": "feedback",
+    "review_queue": "feedback",
     "event_log": "admin",
     "list_models": "admin",
     "promote": "admin",
     "rollback": "admin",
     "retrain": "admin",
+    # The review console (/review): a signed-in reviewer, or a Bearer key (scripts).
+    "console_sign_out": "feedback",
+    "console_tasks": "feedback",
+    "console_review": "feedback",
+    "console_verdict": "feedback",
+    "console_skip": "feedback",
+    "console_undo": "feedback",
+    "console_progress": "feedback",
+    "console_task_page": "feedback",
+    "console_promote": "admin",
+    "console_rollback": "admin",
 }
 KEYS = {"predict": "predict-key", "feedback": "feedback-key", "admin": "admin-key"}
 RANK = {"predict": {"predict", "admin"}, "feedback": {"feedback", "admin"}, "admin": {"admin"}}
@@ -344,7 +367,7 @@ def test_every_route_answers_each_role_as_its_table_says(tmp_path, foundation, s
         for method in sorted((route.methods or set()) - {"HEAD"})
     ]
     names = {name for _, _, name in routes}
-    unknown = names - PUBLIC - set(ROLE_OF)
+    unknown = names - PUBLIC - SIGN_IN - set(ROLE_OF)
     assert not unknown, f"routes with no expected role in ROLE_OF: {sorted(unknown)}"
     assert set(ROLE_OF) <= names  # the table names no route that is gone
 
@@ -364,6 +387,8 @@ def test_every_route_answers_each_role_as_its_table_says(tmp_path, foundation, s
     for (name, role), status in seen.items():
         if name in PUBLIC:
             assert status not in (401, 403), (name, role, status)
+        elif name in SIGN_IN:
+            assert status == 403, (name, role, status)
         elif role is None:
             assert status == 401, (name, role, status)
         elif role in RANK[ROLE_OF[name]]:

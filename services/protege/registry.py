@@ -55,6 +55,9 @@ CHALLENGER = "challenger"
 ARTIFACT_DIR = "specialist"
 HISTORY_TAG = "protege.champion_history"  # JSON list of earlier champions, newest last
 HISTORY_LENGTH = 50  # rollbacks reach this far back without naming a version
+# On each version: why it was promoted, rolled back to or rejected (JSON list), and when.
+REASONS_TAG = "protege.reasons"
+DECIDED_TAG = "protege.decided_at"
 
 Publish = Callable[[ModelEvent], object]
 
@@ -105,6 +108,8 @@ class ModelVersionInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     created: float = 0.0  # unix seconds
     run_id: str = ""
+    reasons: list[str] = field(default_factory=list)  # of its last decision
+    decided: float | None = None  # unix seconds of its last decision
 
     @property
     def ref(self) -> ModelRef:
@@ -347,6 +352,7 @@ class Registry:
         was = f"version {previous}" if previous else "none"
         default_reason = f"{action.value}; the champion was {was}"
         event = self._event(task, str(version), action, reasons or [default_reason], metrics)
+        self._record_decision(task, str(version), event)
         log.info("%s: champion %s -> %s (%s)", task, previous, version, action.value)
         if publish is not None:
             publish(event)
@@ -432,15 +438,27 @@ class Registry:
         """Record a gate rejection on the version; the champion is untouched."""
         name = self.registered_name(task)
         self.client.set_model_version_tag(name, str(version), "protege.status", "rejected")
-        self.client.set_model_version_tag(
-            name, str(version), "protege.reasons", json.dumps(reasons)[:5000]
-        )
         event = self._event(task, str(version), ModelAction.rejected, reasons, metrics)
+        self._record_decision(task, str(version), event)
         if publish is not None:
             publish(event)
         return event
 
+    def _record_decision(self, task: str, version: str, event: ModelEvent) -> None:
+        name = self.registered_name(task)
+        self.client.set_model_version_tag(
+            name, version, REASONS_TAG, json.dumps(event.reasons)[:5000]
+        )
+        self.client.set_model_version_tag(name, version, DECIDED_TAG, repr(event.timestamp))
+
     # ------------------------------------------------------------------ reading
+
+    def champion_history(self, task: str) -> list[str]:
+        """The earlier champions, oldest first (what a rollback goes back to)."""
+        try:
+            return self._history(task)
+        except RegistryError:
+            return []
 
     def list(self, task: str) -> list[ModelVersionInfo]:
         """Every version of the task's model, newest first."""
@@ -467,6 +485,8 @@ class Registry:
                     metrics=dict(metrics),
                     created=mv.creation_timestamp / 1000.0,
                     run_id=mv.run_id or "",
+                    reasons=_reasons(mv.tags.get(REASONS_TAG)),
+                    decided=float(mv.tags[DECIDED_TAG]) if DECIDED_TAG in mv.tags else None,
                 )
             )
         return sorted(infos, key=lambda i: int(i.version), reverse=True)
@@ -500,6 +520,16 @@ class Registry:
                 if not (target / META_FILE).exists():
                     shutil.copytree(local, target, dirs_exist_ok=True)
         return target
+
+
+def _reasons(tag: str | None) -> list[str]:
+    """A version's reasons tag (cut at 5,000 characters, so perhaps not whole JSON)."""
+    if not tag:
+        return []
+    try:
+        return [str(r) for r in json.loads(tag)]
+    except ValueError:
+        return [tag]
 
 
 def _key(name: str) -> str:

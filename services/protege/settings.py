@@ -320,6 +320,26 @@ class Settings(BaseSettings):
         gt=0.0,
         description="The gateway's wait for the improver's API; also its Retry-After when away.",
     )
+    improver_report_timeout_s: float = Field(
+        default=60.0,
+        gt=0.0,
+        description="The console's wait for a task's LF report and errors: the improver "
+        "refits the label model for them.",
+    )
+
+    # The review console (/review)
+    console_session_s: float = Field(
+        default=8 * 3600.0,
+        gt=0.0,
+        description="A console sign-in lasts this long (a working day); the key is "
+        "checked again on every request, so a removed key ends its sessions at once.",
+    )
+    console_secure_cookie: bool = Field(
+        default=False,
+        description="Mark the console's cookies Secure (browsers send them over https only): "
+        "set it where reviewers reach the gateway over https, TLS ending in front of it. "
+        "Requests that arrive over https get Secure cookies anyway.",
+    )
 
     @property
     def models_dir(self) -> Path:

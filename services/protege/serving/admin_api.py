@@ -23,6 +23,30 @@ class VersionChoice(Body):
     reason: str | None = Field(default=None, max_length=500)
 
 
+async def move_champion(
+    watcher: ChampionWatcher,
+    publish: Callable[[Event], None] | None,
+    task: str,
+    action: str,
+    version: str | None,
+    reason: str | None,
+) -> ModelEvent:
+    """Promote or roll back (`action`) in the registry, publish the ModelEvent, and swap
+    this replica's specialist now (the event tells the others); a 409 when the registry
+    cannot do it. The admin API and the console's buttons both move the champion here."""
+    from protege.registry import RegistryError
+
+    registry = await asyncio.to_thread(lambda: watcher.registry)
+    operation = registry.promote if action == "promote" else registry.rollback
+    reasons = [reason] if reason else None
+    try:
+        event = await asyncio.to_thread(operation, task, version, reasons=reasons, publish=publish)
+    except RegistryError as exc:
+        raise HTTPException(409, str(exc)) from None
+    await asyncio.to_thread(watcher.check, task)
+    return event
+
+
 def build_admin_router(
     tasks: set[str],
     watcher: ChampionWatcher,
@@ -44,21 +68,7 @@ def build_admin_router(
         return task
 
     async def move(task: str, action: str, choice: VersionChoice) -> ModelEvent:
-        from protege.registry import RegistryError
-
-        registry = await asyncio.to_thread(lambda: watcher.registry)
-        operation = registry.promote if action == "promote" else registry.rollback
-        reasons = [choice.reason] if choice.reason else None
-        try:
-            event = await asyncio.to_thread(
-                operation, task, choice.version, reasons=reasons, publish=publish
-            )
-        except RegistryError as exc:
-            raise HTTPException(409, str(exc)) from None
-        await asyncio.to_thread(
-            watcher.check, task
-        )  # this replica swaps now; the event tells the others
-        return event
+        return await move_champion(watcher, publish, task, action, choice.version, choice.reason)
 
     @router.get("/models", responses=errors(404))
     async def list_models(task: str = Depends(known)) -> list[dict]:

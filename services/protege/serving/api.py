@@ -25,6 +25,7 @@ from protege.schemas import (
 from protege.serving.admin_api import build_admin_router
 from protege.serving.auth import ApiKeys, Identity, require
 from protege.serving.champion_watcher import ChampionWatcher
+from protege.serving.console import Console, install_console, is_console
 from protege.serving.gateway import GatewayCore, InputError, UnknownPrediction
 from protege.serving.improver_client import ImproverClient, ImproverUnavailable
 from protege.serving.limits import BodyLimit, CallerLimits
@@ -238,6 +239,8 @@ def build_api(
         app.include_router(
             build_admin_router(set(core.tasks), watcher, core.publish, Utf8Route, errors)
         )
+    console = Console(core, api_keys, settings, improver, watcher, limits)
+    install_console(app, console)
 
     @app.exception_handler(InputError)
     async def input_error(_: Request, exc: InputError) -> JSONResponse:
@@ -245,8 +248,10 @@ def build_api(
         return JSONResponse({"detail": [{"loc": exc.loc, "msg": str(exc), "type": exc.kind}]}, 422)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError):
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        if is_console(request):
+            return console.error_page(request, HTTPException(422, str(errors)))
         return JSONResponse({"detail": errors}, 422)
 
     @app.exception_handler(FoundationUnavailable)

@@ -152,8 +152,12 @@ class ApiKeys:
         return keys
 
     def identify(self, presented: str) -> Identity | None:
+        return self.identify_digest(hashlib.sha256(presented.encode()).digest())
+
+    def identify_digest(self, digest: bytes) -> Identity | None:
+        """The identity of the key whose sha256 is `digest` (a console session holds the
+        digest, never the key), with the roles the keys give it now."""
         self._maybe_reload()
-        digest = hashlib.sha256(presented.encode()).digest()
         found = None
         for key_digest_, identity in self._keys:  # no early exit: same time for every key
             if hmac.compare_digest(digest, key_digest_):

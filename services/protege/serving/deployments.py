@@ -82,7 +82,11 @@ class Gateway:
         self.api_keys = ApiKeys.from_settings(settings)
         self.settings = settings
         self.improver = (
-            ImproverClient(settings.improver_url, settings.improver_timeout_s)
+            ImproverClient(
+                settings.improver_url,
+                settings.improver_timeout_s,
+                settings.improver_report_timeout_s,
+            )
             if settings.improver_url
             else None
         )

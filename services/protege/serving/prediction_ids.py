@@ -24,9 +24,7 @@ class PredictionIds:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PredictionIds:
-        if settings.signing_secret:
-            return cls(settings.signing_secret.get_secret_value().encode())
-        return cls(local_secret(settings.home / "signing.key"))
+        return cls(signing_secret(settings))
 
     def _sign(self, payload: str) -> str:
         mac = hmac.new(self._secret, payload.encode(), hashlib.sha256).digest()[:SIGNATURE_BYTES]
@@ -45,6 +43,13 @@ class PredictionIds:
         if not hmac.compare_digest(signature.encode(), self._sign(payload).encode()):
             return None
         return task
+
+
+def signing_secret(settings: Settings) -> bytes:
+    """The deployment's secret: `PROTEGE_SIGNING_SECRET`, else this machine's own."""
+    if settings.signing_secret:
+        return settings.signing_secret.get_secret_value().encode()
+    return local_secret(settings.home / "signing.key")
 
 
 def local_secret(path: Path) -> bytes:
