@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 import warnings
 
 import pytest
+import sqlalchemy as sa
 
 # kafka-python 3.0 loads its protocol schemas through importlib.resources' legacy API:
 # hundreds of DeprecationWarnings at import that say nothing about this project.
 warnings.filterwarnings("ignore", r"(read|open)_text is deprecated", DeprecationWarning)
 
 from protege.events.broker import EmbeddedBroker  # noqa: E402
+from protege.improver.data.store import ExampleStore  # noqa: E402
 from protege.settings import Settings  # noqa: E402
 
 
@@ -98,3 +101,42 @@ def serving_app(tmp_path_factory, kafka_broker):
     url = start_serve(settings, app_name="protege-test", metrics_port=metrics_port)
     yield ServingApp(url, settings, Specialist(folder, ["HAM", "SPAM"]), metrics_port)
     stop_serve()
+
+
+# The example store on SQLite and on the machine's Postgres.
+POSTGRES_URL = os.environ.get(
+    "PROTEGE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _postgres() -> sa.Engine:
+    """The machine's Postgres (.ci/run starts it): a missing server fails, never skips."""
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.connect():
+        pass
+    return engine
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path):
+    """A fresh, empty database: a SQLite file, or a schema of its own on Postgres."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    admin = _postgres()
+    schema = f"labels_{uuid.uuid4().hex[:10]}"
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+@pytest.fixture
+def store(store_url):
+    s = ExampleStore(store_url)
+    yield s
+    s.close()

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -30,44 +27,8 @@ from protege.schemas import (
 from protege.settings import Settings
 from protege.taskspec import DEFAULT_TASKS_FILE, load_tasks
 
-POSTGRES_URL = os.environ.get(
-    "PROTEGE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 TASKS = load_tasks(DEFAULT_TASKS_FILE)
 YOUTUBE = TASKS["youtube-spam"]
-
-
-def _postgres() -> sa.Engine:
-    """The machine's Postgres (.ci/run starts it): a missing server fails, never skips."""
-    engine = sa.create_engine(POSTGRES_URL)
-    with engine.connect():
-        pass
-    return engine
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request, tmp_path):
-    """A fresh, empty database: a SQLite file, or a schema of its own on Postgres."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    admin = _postgres()
-    schema = f"labels_{uuid.uuid4().hex[:10]}"
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
-
-
-@pytest.fixture
-def store(store_url):
-    s = ExampleStore(store_url)
-    yield s
-    s.close()
 
 
 def prediction(
