@@ -23,6 +23,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The console's browser tests drive the distribution's Chromium through Playwright (never
+# `playwright install`: no browser downloads); root installs it, others through sudo.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	$$([ "$$(id -u)" -eq 0 ] || echo sudo) sh -c 'apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium'
+
 # The demo: broker, Serve app and improver on this machine, real traffic replayed with
 # simulated reviewers until a specialist takes over (ARGS='--task banking77' for the other
 # data set). It runs without API keys (and says so loudly); `protege up` is for real use.
@@ -30,7 +37,7 @@ run: $(STAMP)
 	PROTEGE_AUTH_DISABLED=$${PROTEGE_AUTH_DISABLED:-true} $(BIN)/protege demo $(ARGS)
 
 # Lint first (seconds), then the suite.
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check services tests bench deploy
 	$(BIN)/ruff format --check services tests bench deploy
 	$(BIN)/python -m pytest -q

@@ -209,8 +209,6 @@ class ImproverService:
         if self.api_server is not None:
             self.api_server.should_exit = True
             self._api_thread.join(timeout)
-        for thread in self._threads:
-            thread.join(timeout)
         if self.ingestor is not None:
             self.ingestor.close()
         if self._producer is not None:
