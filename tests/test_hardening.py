@@ -322,6 +322,7 @@ ROLE_OF = {
     "list_tasks": "predict",
     "get_task": "predict",
     "feedback": "feedback",
+    "review_queue": "feedback",
     "event_log": "admin",
     "list_models": "admin",
     "promote": "admin",
