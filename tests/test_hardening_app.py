@@ -74,9 +74,19 @@ def app(tmp_path_factory):
         "slow": add_key(keys_file, "slow", {"predict"}, rate_per_s=0.5, rate_burst=1),
         "bea": add_key(keys_file, "bea", {"feedback"}, feedback_per_hour=2),
     }
+    # The improver's API behind the gateway's review queue: its own home, no Kafka.
+    from protege.improver.service import ImproverService
+
+    improver = ImproverService(
+        Settings(home=home / "improver", tasks_file=tasks_file(home), improver_port=free_port()),
+        registry=object(),
+        publish=lambda event: None,
+        ingest=False,
+    ).start()
     recorder = SaslRecorder()
     settings = Settings(
         home=home,
+        improver_url=f"http://127.0.0.1:{improver.settings.improver_port}",
         http_port=free_port(),
         tasks_file=tasks_file(home),
         api_keys_file=keys_file,
@@ -101,6 +111,7 @@ def app(tmp_path_factory):
     session_dir = Path(ray._private.worker._global_node.get_session_dir_path())
     yield App(url, settings, keys, recorder, session_dir)
     stop_serve()
+    improver.stop(timeout=5)
     recorder.close()
 
 

@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from pydantic import SecretStr
 
 from protege.events.broker import free_port
 from protege.improver.data.records import DataPoint, Review
@@ -187,7 +188,7 @@ def stack(kafka_settings, specialist, foundation, tmp_path):
     settings = kafka_settings.model_copy(
         update={
             "improver_port": free_port(),
-            "api_keys": "app:app-key=predict;ana:ana-key=feedback;bob:bob-key=feedback",
+            "api_keys": SecretStr("app:app-key=predict;ana:ana-key=feedback;bob:bob-key=feedback"),
             "improver_check_s": 0.5,
         }
     )

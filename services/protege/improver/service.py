@@ -233,7 +233,7 @@ class ImproverService:
         """Alive: every thread runs, and the rounds loop ticked lately or is in a round
         (shorter than the lease: a longer one is stuck)."""
         now = time.monotonic() if now is None else now
-        dead = [t.name for t in self._threads if not t.is_alive()]
+        dead = [t.name for t in self._threads.values() if not t.is_alive()]
         window = max(LIVE_TICKS * self.settings.improver_check_s, LIVE_FLOOR_S)
         since_tick = None if self._ticked_at is None else now - self._ticked_at
         in_round = None if self._round_since is None else now - self._round_since
@@ -241,7 +241,7 @@ class ImproverService:
             in_round is not None and in_round <= self.settings.improver_lease_s
         )
         detail = {
-            "threads": {t.name: t.is_alive() for t in self._threads},
+            "threads": {t.name: t.is_alive() for t in self._threads.values()},
             "seconds_since_tick": since_tick,
             "round_running_s": in_round,
         }
