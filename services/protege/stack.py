@@ -67,7 +67,9 @@ def curl_examples(url: str, auth_disabled: bool, key: str | None = None) -> str:
         f'       -d \'{{"text": "Check out my channel, subscribe!"}}\'\n'
         f"  curl -s {url}/v1/tasks/banking77/predict{header} -H 'Content-Type: application/json' \\\n"
         f'       -d \'{{"text": "My card has not arrived yet"}}\'\n'
-        f"  API reference: {url}/docs"
+        f"  API reference: {url}/docs\n"
+        f"  Review console: {url}/review"
+        + (" (sign in with any name: auth is off)" if auth_disabled else "")
     )
 
 
