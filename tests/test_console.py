@@ -333,3 +333,18 @@ def test_a_session_cookie_cannot_be_forged_and_ends_on_time():
     assert sent.last_sent("youtube-spam") == "youtube-spam.a.s"
     assert sent.without("youtube-spam.a.s").last_sent("youtube-spam") is None
     assert sessions.load(sessions.dump(sent), now=1001.0).sent == sent.sent
+
+
+def test_the_api_queue_leaves_out_items_the_console_handed_to_someone_else(store):
+    from protege.improver.api import review_queue
+
+    a, b = ranked_ids(2)
+    store.record(prediction(a, "first comment", t=1.0))
+    store.record(prediction(b, "second comment", t=2.0))
+    held = reservations.take(ONE_REVIEW, store, "ana").card.item.prediction_id
+    for_bob = review_queue(ONE_REVIEW, store, 10, "bob", None)
+    assert [i.prediction_id for i in for_bob.items] == [p for p in (a, b) if p != held]
+    assert for_bob.window == 2
+    for_ana = review_queue(ONE_REVIEW, store, 10, "ana", None)
+    assert {i.prediction_id for i in for_ana.items} == {a, b}  # hers is still hers to judge
+    assert len(review_queue(ONE_REVIEW, store, 10, None, None).items) == 1

@@ -485,7 +485,9 @@ def test_a_predict_only_key_gets_403(stack, browser):
 # --------------------------------------------------------------------------- the owner
 
 
-def test_the_task_page_shows_a_promotion_made_in_the_test(stack, browser, tmp_path):
+def test_the_task_page_shows_a_promotion_made_in_the_test_and_rolls_it_back(
+    stack, browser, tmp_path
+):
     # A reviewer sees the page but no buttons, and cannot post to them.
     reviewer, reviewer_page = signed_in(browser, stack, "ana", "/review/tasks/youtube-spam/model")
     assert reviewer_page.locator("button.promote").count() == 0
@@ -529,4 +531,14 @@ def test_the_task_page_shows_a_promotion_made_in_the_test(stack, browser, tmp_pa
         summary = http.get("/v1/tasks/youtube-spam").json()
     assert summary["models"]["specialist"]["version"] == "2"
     assert stack.registry.alias_version("youtube-spam") == "2"
+
+    # And back: the rollback button restores v1, which serves again.
+    page.locator("#rollback").click()
+    page.wait_for_url("**/model?note=rolled_back")
+    assert "version 1" in page.locator("#champion").inner_text()
+    assert page.locator("#versions tbody tr.champion .decision").inner_text() == "rolled back"
+    assert stack.registry.alias_version("youtube-spam") == "1"
+    with httpx.Client(base_url=stack.url, timeout=30, headers=bearer("app")) as http:
+        summary = http.get("/v1/tasks/youtube-spam").json()
+    assert summary["models"]["specialist"]["version"] == "1"
     context.close()

@@ -65,8 +65,11 @@ def review_queue(
     label_model: tuple[LabelModelFit, tuple[str, ...]] | None,
     seed: int | None = None,
 ) -> ReviewQueue:
-    """The queue for `task` now (see `protege.improver.review.queue`)."""
-    points = store.recent_points(task.name, task.review.window)
+    """The queue for `task` now (see `protege.improver.review.queue`), less the items
+    the console has handed to other reviewers."""
+    recent = store.recent_points(task.name, task.review.window)
+    held = reservations.held_elsewhere(task, store, reviewer)
+    points = [x for x in recent if x.uid not in held]
     scorer = (
         label_model_scorer(task, label_model[0], label_model[1], store) if label_model else None
     )
@@ -82,7 +85,7 @@ def review_queue(
     return ReviewQueue(
         task=task.name,
         reviewer=reviewer,
-        window=len(points),
+        window=len(recent),
         label_model=label_model is not None,
         items=[review_item(item.point, item.score, item.reasons) for item in items],
     )

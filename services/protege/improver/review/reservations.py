@@ -60,6 +60,19 @@ def _blocked(holds: Sequence[Hold], reviewer: str) -> set[str]:
     }
 
 
+def held_elsewhere(
+    task: TaskSpec, store: ExampleStore, reviewer: str | None, now: float | None = None
+) -> set[str]:
+    """Items not to offer `reviewer` (anyone, when None) now: held by another reviewer
+    in the console, or finished by them and not stored yet."""
+    holds = store.live_holds(task.name, time.time() if now is None else now)
+    return (
+        _blocked(holds, reviewer)
+        if reviewer is not None
+        else {h.prediction_id for h in holds if not h.releases}
+    )
+
+
 def take(
     task: TaskSpec,
     store: ExampleStore,
