@@ -304,8 +304,11 @@ def test_a_reviewer_signs_in_and_judges_ten_items_with_the_keyboard_alone(stack,
         assert pid in stack.texts and pid not in expected
         assert page.locator("#text").inner_text() == stack.texts[pid]
         served = page.locator("#verdict").get_attribute("data-served")
-        if not shot and "&" not in stack.texts[pid] and len(stack.texts[pid]) > 60:
-            shot = screenshot(page, "console-review.png", tmp_path)  # (entities read badly)
+        text = stack.texts[pid]
+        escalated = "escalated" in page.locator("#answered-by").inner_text()
+        if not shot and escalated and "&" not in text and 30 < len(text) < 300:
+            # The README's picture: an escalation (both models' answers) in plain words.
+            shot = screenshot(page, "console-review.png", tmp_path)
         comment = None
         key = "ynyy12nyn1"[i]
         if key in "12":
