@@ -159,6 +159,17 @@ class LabelModelSpec(StrictModel):
         ge=1,
         description="Fewer gold examples cannot tell the two apart: keep the default choice.",
     )
+    stack: bool = Field(
+        default=True,
+        description="With enough reviewed training rows, label from the text and the votes "
+        "together, weighed on those rows (gold stacking) instead of the votes alone.",
+    )
+    stack_min_gold: int = Field(
+        default=20, ge=2, description="Reviewed training rows needed before stacking."
+    )
+    stack_vote_weight: float = Field(
+        default=3.0, gt=0.0, description="A vote's weight against the text's n-grams."
+    )
 
 
 class LabelingSpec(StrictModel):

@@ -167,7 +167,8 @@ class LabelModelFit:
 
     def summary(self) -> dict:
         """Which model was chosen and why, for the registry."""
-        return {"name": self.choice.get("chosen", self.kind), **self.choice}
+        name = "stacked" if "stacked" in self.choice else self.choice.get("chosen", self.kind)
+        return {"name": name, **self.choice}
 
 
 def make_model(kind: str, cardinality: int, spec: LabelModelSpec | None = None):

@@ -3,7 +3,10 @@ label model combines the votes into one probabilistic label per covered point.
 
 The label model is fitted on the ``train`` split only and chooses between Snorkel's
 model and majority vote on the train split's gold; the ``exam`` and ``calibration``
-buckets are left for the gate and the cascade threshold. On tasks with more than two
+buckets are left for the gate and the cascade threshold. Once the train split holds
+enough gold (`labeling.label_model.stack_min_gold`), the labels come from gold
+stacking instead (`labeling.stacking`): the text and the LFs' votes, weighed on the
+reviewed rows, label every training text, LF-covered or not. On tasks with more than two
 labels a reviewer's bare thumbs-down rules its served label out of the example's
 probabilistic label.
 
@@ -32,6 +35,7 @@ from protege.improver.labeling.feedback import rejected_labels
 from protege.improver.labeling.functions import SOURCES, LabelingFunction, LabelMatrix, apply_lfs
 from protege.improver.labeling.label_model import LabelModelFit, exclude_labels, fit_label_model
 from protege.improver.labeling.sources import task_lfs
+from protege.improver.labeling.stacking import stack_on_gold
 from protege.taskspec import TaskSpec
 
 
@@ -85,6 +89,24 @@ def label_examples(
     )
     probs = fit.model.predict_proba(matrix.L) if len(points) else np.zeros((0, cardinality))
     labeled = matrix.covered.copy()
+    spec = task.labeling.label_model
+    stack = (
+        stack_on_gold(
+            [x.text for x in points],
+            matrix.columns([s for s in SOURCES if s != "feedback"]).L,
+            gold_y,
+            train,
+            cardinality,
+            min_gold=spec.stack_min_gold,
+            vote_weight=spec.stack_vote_weight,
+            seed=spec.seed,
+        )
+        if spec.stack and len(points)
+        else None
+    )
+    if stack is not None:
+        probs, labeled = stack.probs, np.ones(len(points), bool)
+        fit.choice["stacked"] = stack.summary()
     if cardinality > 2:
         probs, still_valid = exclude_labels(probs, rejected_labels(task, points))
         labeled &= still_valid
