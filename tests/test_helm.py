@@ -1043,8 +1043,8 @@ SIGNING, KAFKA, STORE, S3, OPENAI, HF = (
     "HF_TOKEN",
 )
 ALLOWED_SECRETS = {
-    # build_app runs on the head and hands its settings to the replicas (PYTHON_TODO item 1).
-    "RayService/head": {SIGNING, KAFKA, OPENAI},
+    # build_app binds only non-secret arguments; replicas read their own environment.
+    "RayService/head": set(),
     "RayService/cpu": {SIGNING, KAFKA, OPENAI},  # the Gateway (and a CPU/openai FM)
     "RayService/gpu": set(),  # vLLM: nothing (the hub token is the init container's)
     "RayService/train": {HF},  # the LoRA job fetches its base model
@@ -1074,6 +1074,17 @@ def test_secrets_reach_only_the_pods_that_read_them(value_set):
     if gpu:
         init = {c["name"]: c for c in gpu["spec"].get("initContainers", [])}
         assert set(secret_refs(init["model-prefetch"])) <= {HF}
+
+
+def test_a_schedulable_head_runs_gateways_and_so_gets_their_secrets():
+    """Replicas build their own settings, so a head that runs no replicas holds no secret;
+    one that may (`rayCluster.head.schedulable`) gets what a CPU worker gets."""
+    head = pod_templates(rendered("default"))["RayService/head"]
+    assert not secret_refs(head["spec"]["containers"][0])
+    docs = manifests_of(render_raw(gitops({"rayCluster": {"head": {"schedulable": True}}})))
+    templates = pod_templates(docs)
+    held = set(secret_refs(templates["RayService/head"]["spec"]["containers"][0]))
+    assert held and held == set(secret_refs(templates["RayService/cpu"]["spec"]["containers"][0]))
 
 
 # --- 5. incremental upgrades: clusterUpgradeOptions rendered and valid -----------------------

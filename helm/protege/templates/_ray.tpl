@@ -69,15 +69,16 @@ annotations:
 
 {{/*
 Environment of a Ray container by role (dict "ctx" $ "role" "head|cpu|gpu|train").
-Settings are not here but in serveConfigV2. The head builds the application (build_app reads
-its environment and hands the settings to the replicas), so it carries the secrets the
-Gateway needs; CPU workers run the Gateway. GPU workers (the FM on vLLM) and training
-workers get no Protégé secret at all.
+Settings are not here but in serveConfigV2. The head builds the application, but build_app
+binds only the non-secret arguments: each replica builds its own Settings from its pod's
+environment. So the secrets the Gateway needs go to CPU workers, and to the head only when
+replicas may run there (rayCluster.head.schedulable). GPU workers (the FM on vLLM) and
+training workers get no Protégé secret at all.
 */}}
 {{- define "protege.rayEnv" -}}
 {{- $ := .ctx -}}
 {{- include "protege.env.paths" $ }}
-{{- if has .role (list "head" "cpu") }}
+{{- if or (eq .role "cpu") (and (eq .role "head") $.Values.rayCluster.head.schedulable) }}
 {{- include "protege.env.signingSecret" $ | nindent 0 }}
 {{- include "protege.env.kafkaPassword" $ }}
 {{- include "protege.env.openaiKey" $ }}
