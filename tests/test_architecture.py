@@ -20,6 +20,7 @@ ALLOWED = {
     "datasets": set(),
     "settings": {"taskspec"},
     "artifact": {"schemas"},
+    "encoder": {"artifact"},  # the MiniLM sentence encoder: a family's and some LFs'
     "events": {"schemas", "settings"},
     "foundation": {"schemas", "settings", "taskspec"},
     "registry": {"artifact", "schemas", "settings"},
@@ -27,8 +28,8 @@ ALLOWED = {
     # The improver's folders, bottom to top: data, labeling, training, judge, then the
     # round (loop), its triggers and the service.
     "improver.data": BOTTOM | {"events"},
-    "improver.labeling": BOTTOM | {"foundation", "improver.data"},
-    "improver.training": BOTTOM | {"improver.data", "improver.labeling"},
+    "improver.labeling": BOTTOM | {"encoder", "foundation", "improver.data"},
+    "improver.training": BOTTOM | {"encoder", "improver.data", "improver.labeling"},
     "improver.judge": BOTTOM | {"improver.data", "improver.labeling", "improver.training"},
     "improver.triggers": BOTTOM | {"improver.data"},
     "improver.review": BOTTOM | {"improver.data", "improver.labeling"},

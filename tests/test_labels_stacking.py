@@ -9,8 +9,8 @@ import pytest
 from protege import datasets
 from protege.improver.data.examples import Examples
 from protege.improver.data.gold import TRAIN, task_split
-from protege.improver.data.records import DataPoint, GoldExample, Review
-from protege.improver.labeling import apply_lfs
+from protege.improver.data.records import DataPoint, GoldExample, Review, text_hash
+from protege.improver.labeling import LabelingFunction, apply_lfs
 from protege.improver.labeling.label_model import fit_label_model, to_labels
 from protege.improver.labeling.labeled import label_examples
 from protege.improver.labeling.sources import task_lfs
@@ -112,3 +112,33 @@ def test_a_round_stacks_once_reviews_suffice_and_records_it(youtube):
     )
     labeled = label_examples(off, _examples(youtube, set(reviewed.tolist())), lfs)
     assert "stacked" not in labeled.fit.choice
+
+
+def _specialist_accuracy(youtube, extra_lfs, reviewed_rows) -> float:
+    """Test accuracy of the TF-IDF specialist one round's labels train."""
+    from protege.improver.training import tfidf
+    from protege.improver.training.dataset import TrainingSet
+    from protege.taskspec import TrainingSpec
+
+    lfs = task_lfs(YOUTUBE, ("rule", "python", "feedback")) + extra_lfs
+    labeled = label_examples(YOUTUBE, _examples(youtube, reviewed_rows), lfs)
+    model = tfidf.fit(TrainingSet.from_labeled(labeled), TrainingSpec(families=["tfidf"]))
+    test = datasets.load(YOUTUBE.name, "test")
+    return float((model.predict_proba(test.texts).argmax(axis=1) == test.y).mean())
+
+
+@pytest.mark.parametrize(
+    "name, vote",
+    [
+        ("random_voter", lambda x: ("HAM", "SPAM")[int(text_hash(x.text)[:8], 16) % 2]),
+        ("always_ham", lambda x: "HAM"),  # as the CPU FM does
+    ],
+)
+def test_a_random_or_constant_source_moves_test_accuracy_by_less_than_a_point(youtube, name, vote):
+    _, _, bucket, _, _ = youtube
+    reviewed = set(np.random.default_rng(1).choice(np.flatnonzero(bucket), 110, replace=False))
+    before = _specialist_accuracy(youtube, [], reviewed)
+    noisy = LabelingFunction(name, vote, task=YOUTUBE.name, source="model")
+    after = _specialist_accuracy(youtube, [noisy], reviewed)
+    print(f"\n{name}: test accuracy {before:.3f} -> {after:.3f}")
+    assert abs(after - before) < 0.01

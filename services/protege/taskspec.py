@@ -172,12 +172,35 @@ class LabelModelSpec(StrictModel):
     )
 
 
+class EmbeddingSourcesSpec(StrictModel):
+    """Labeling functions in all-MiniLM-L6-v2's embedding space (see
+    `improver.labeling.embedding`)."""
+
+    zero_shot: bool = Field(
+        default=False, description="Vote the label whose description the text is most like."
+    )
+    zero_shot_margin: float = Field(
+        default=0.05, ge=0.0, description="Cosine lead over the runner-up needed to vote."
+    )
+    neighbours: bool = Field(
+        default=False, description="Vote the label the most similar reviewed texts carry."
+    )
+    neighbours_k: int = Field(default=5, ge=1, description="Reviewed neighbours consulted.")
+    neighbours_min_agreement: float = Field(
+        default=0.8, gt=0.0, le=1.0, description="Share of the neighbours that must agree."
+    )
+    neighbours_min_similarity: float = Field(
+        default=0.5, ge=-1.0, le=1.0, description="Cosine similarity of the nearest, at least."
+    )
+
+
 class LabelingSpec(StrictModel):
     rules: list[RuleSpec] = Field(default_factory=list)
     python_modules: list[str] = Field(
         default_factory=list, description="Modules whose @labeling_function objects are imported."
     )
     prompt_lfs: list[PromptLFSpec] = Field(default_factory=list)
+    embedding: EmbeddingSourcesSpec = Field(default_factory=EmbeddingSourcesSpec)
     feedback_votes: bool = Field(default=True, description="Reviewer verdicts vote as LFs.")
     foundation_votes: bool = Field(
         default=True, description="The served FM's own answer (from the prediction event) votes."

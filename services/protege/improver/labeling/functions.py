@@ -43,7 +43,7 @@ ABSTAIN = -1
 LOGGED_ERRORS_PER_LF = 3
 
 Vote = str | None
-SOURCES = ("rule", "python", "prompt", "feedback", "model")
+SOURCES = ("rule", "python", "prompt", "embedding", "feedback", "model")
 
 
 class LabelingFunction(snorkel.labeling.LabelingFunction):

@@ -167,7 +167,7 @@ class LabelModelFit:
 
     def summary(self) -> dict:
         """Which model was chosen and why, for the registry."""
-        name = "stacked" if "stacked" in self.choice else self.choice.get("chosen", self.kind)
+        name = self.choice.get("stacked", {}).get("chosen") or self.choice.get("chosen", self.kind)
         return {"name": name, **self.choice}
 
 

@@ -4,9 +4,12 @@ label model combines the votes into one probabilistic label per covered point.
 The label model is fitted on the ``train`` split only and chooses between Snorkel's
 model and majority vote on the train split's gold; the ``exam`` and ``calibration``
 buckets are left for the gate and the cascade threshold. Once the train split holds
-enough gold (`labeling.label_model.stack_min_gold`), the labels come from gold
-stacking instead (`labeling.stacking`): the text and the LFs' votes, weighed on the
-reviewed rows, label every training text, LF-covered or not. On tasks with more than two
+enough gold (`labeling.label_model.stack_min_gold`), three labelers are compared on
+the reviewed training rows, without leakage (feedback LFs never vote on the row they
+grade; the stacks are cross-fitted): the label model, gold stacking
+(`labeling.stacking`: the text and the LFs' votes, weighed on the reviewed rows) and the
+text alone (what the reviews teach without any LF). The best labels the round; the
+stacks label every training text, LF-covered or not. On tasks with more than two
 labels a reviewer's bare thumbs-down rules its served label out of the example's
 probabilistic label.
 
@@ -32,8 +35,20 @@ from protege.improver.data.gold import TRAIN, task_split
 from protege.improver.data.records import DataPoint, GoldExample, text_hash
 from protege.improver.data.store import ExampleStore
 from protege.improver.labeling.feedback import rejected_labels
-from protege.improver.labeling.functions import SOURCES, LabelingFunction, LabelMatrix, apply_lfs
-from protege.improver.labeling.label_model import LabelModelFit, exclude_labels, fit_label_model
+from protege.improver.labeling.functions import (
+    ABSTAIN,
+    SOURCES,
+    LabelingFunction,
+    LabelMatrix,
+    apply_lfs,
+)
+from protege.improver.labeling.label_model import (
+    LabelModelFit,
+    accuracy,
+    exclude_labels,
+    fit_label_model,
+    to_labels,
+)
 from protege.improver.labeling.sources import task_lfs
 from protege.improver.labeling.stacking import stack_on_gold
 from protege.taskspec import TaskSpec
@@ -80,16 +95,14 @@ def label_examples(
     matrix = apply_lfs(lfs, task.label_names, points)
     train = split == TRAIN
     cardinality = len(task.labels)
+    spec = task.labeling.label_model
+    # Graded without leakage: a review never votes on the row it grades.
+    blind_L = without_feedback(matrix)
     fit = fit_label_model(
-        matrix.L[train],
-        cardinality,
-        task.labeling.label_model,
-        gold_L=matrix.L[train],
-        gold_y=gold_y[train],
+        matrix.L[train], cardinality, spec, gold_L=blind_L[train], gold_y=gold_y[train]
     )
     probs = fit.model.predict_proba(matrix.L) if len(points) else np.zeros((0, cardinality))
     labeled = matrix.covered.copy()
-    spec = task.labeling.label_model
     stack = (
         stack_on_gold(
             [x.text for x in points],
@@ -105,12 +118,29 @@ def label_examples(
         else None
     )
     if stack is not None:
-        probs, labeled = stack.probs, np.ones(len(points), bool)
-        fit.choice["stacked"] = stack.summary()
+        graded = train & (gold_y >= 0)
+        blind = to_labels(fit.model.predict_proba(blind_L[graded]), np.ones(graded.sum(), bool))
+        scores = {
+            "stacked": stack.gold_accuracy,
+            "reviews_only": stack.text_gold_accuracy,
+            fit.kind: accuracy(blind, gold_y[graded]),
+        }
+        chosen = max(scores, key=scores.get)  # ties: the first, i.e. the stack
+        fit.choice["stacked"] = {**stack.summary(), "scores": scores, "chosen": chosen}
+        if chosen != fit.kind:
+            chosen_probs = stack.probs if chosen == "stacked" else stack.text_probs
+            probs, labeled = chosen_probs, np.ones(len(points), bool)
     if cardinality > 2:
         probs, still_valid = exclude_labels(probs, rejected_labels(task, points))
         labeled &= still_valid
     return LabeledData(task, points, split, matrix, fit, probs, labeled, gold, gold_y)
+
+
+def without_feedback(matrix: LabelMatrix) -> np.ndarray:
+    """The label matrix with the feedback LFs' votes turned into abstains."""
+    blind = matrix.L.copy()
+    blind[:, [j for j, s in enumerate(matrix.sources) if s == "feedback"]] = ABSTAIN
+    return blind
 
 
 def label_store(

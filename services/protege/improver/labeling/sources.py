@@ -1,11 +1,13 @@
 """Every labeling function of a task, from its config: YAML rules, Python modules,
-prompts to the foundation model, reviewer feedback and model votes."""
+prompts to the foundation model, embedding-space votes, reviewer feedback and model
+votes."""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
 
+from protege.improver.labeling.embedding import embedding_lfs
 from protege.improver.labeling.feedback import feedback_lfs
 from protege.improver.labeling.functions import SOURCES, LabelingFunction
 from protege.improver.labeling.models import model_lfs
@@ -40,6 +42,8 @@ def task_lfs(
         if backend is None:
             backend, model_name = _default_backend, model_name or default_model_name()
         lfs += prompt_lfs(task, backend, cache, model_name, budget=prompt_budget)
+    if "embedding" in sources:
+        lfs += embedding_lfs(task)
     if "feedback" in sources and task.labeling.feedback_votes:
         lfs += feedback_lfs(task)
     if "model" in sources:

@@ -11,7 +11,9 @@ from it on all the traffic beats the reviews-only model (bench/quality_youtube.p
 Feedback LFs are left out of the features: they vote exactly on the reviewed rows, so
 a model fitted there would learn to trust them and nothing else. Reviewed rows get
 cross-fitted probabilities (each from a model that did not see it), so the LF report's
-accuracy on them is honest.
+accuracy on them is honest, and the round can compare, on the same reviewed rows and
+without leakage, the stack, the text alone (the reviews without any LF) and the
+unsupervised label model, and keep the best (`labeling.labeled`).
 
 >>> import numpy as np
 >>> texts = ["buy now", "nice song", "sub to me", "love it"] * 5
@@ -39,18 +41,22 @@ FOLDS = 5
 
 @dataclass(frozen=True)
 class Stack:
-    """Stacked probabilities for every row, and how well they did on the reviewed rows
-    (cross-fitted)."""
+    """Probabilities for every row from the reviewed rows: with the LFs' votes
+    (`probs`) and from the text alone (`text_probs`, what the reviews teach without any
+    LF), each cross-fitted on the reviewed rows, where their accuracies are measured."""
 
     probs: np.ndarray  # [N, C]
+    text_probs: np.ndarray  # [N, C]
     gold_rows: int
     gold_accuracy: float  # cross-fitted, on the reviewed training rows
+    text_gold_accuracy: float
     vote_features: int
 
     def summary(self) -> dict:
         return {
             "gold_rows": self.gold_rows,
             "cross_fitted_gold_accuracy": round(self.gold_accuracy, 4),
+            "text_only_cross_fitted_gold_accuracy": round(self.text_gold_accuracy, 4),
             "features": f"word 1-2 + char 2-4 grams, {self.vote_features} LF vote columns",
         }
 
@@ -103,17 +109,28 @@ def stack_on_gold(
     gold = np.flatnonzero(np.asarray(fit_rows, bool) & (gold_y >= 0))
     if len(gold) < min_gold or len(set(gold_y[gold].tolist())) < 2:
         return None
-    X = sparse.hstack([text_features(texts), vote_weight * vote_features(L, cardinality)]).tocsr()
-    others = np.setdiff1d(np.arange(len(texts)), gold)
-    probs = np.zeros((len(texts), cardinality))
+    text = text_features(texts)
+    with_votes = sparse.hstack([text, vote_weight * vote_features(L, cardinality)]).tocsr()
+    folds = np.random.default_rng(seed).permutation(len(gold)) % FOLDS
+    probs, accuracy = _cross_fitted(with_votes, gold_y, gold, folds, cardinality, c, seed)
+    text_probs, text_accuracy = _cross_fitted(text, gold_y, gold, folds, cardinality, c, seed)
+    return Stack(probs, text_probs, len(gold), accuracy, text_accuracy, L.shape[1] * cardinality)
+
+
+def _cross_fitted(
+    X, gold_y: np.ndarray, gold: np.ndarray, folds: np.ndarray, cardinality: int, c, seed
+) -> tuple[np.ndarray, float]:
+    """(probabilities for every row, accuracy on the gold rows): rows outside `gold` from
+    a model fitted on all of it, each gold row from one fitted without its fold."""
+    n = X.shape[0]
+    others = np.setdiff1d(np.arange(n), gold)
+    probs = np.zeros((n, cardinality))
     if len(others):
         probs[others] = _fit_predict(X, gold_y, gold, others, cardinality, c, seed)
-    folds = np.random.default_rng(seed).permutation(len(gold)) % FOLDS
     for k in range(FOLDS):
         held, kept = gold[folds == k], gold[folds != k]
         if len(held) and len(set(gold_y[kept].tolist())) >= 2:
             probs[held] = _fit_predict(X, gold_y, kept, held, cardinality, c, seed)
         elif len(held):
             probs[held] = 1.0 / cardinality
-    accuracy = float((probs[gold].argmax(axis=1) == gold_y[gold]).mean())
-    return Stack(probs, len(gold), accuracy, L.shape[1] * cardinality)
+    return probs, float((probs[gold].argmax(axis=1) == gold_y[gold]).mean())
