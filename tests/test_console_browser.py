@@ -234,10 +234,16 @@ def bearer(name: str) -> dict:
     return {"Authorization": f"Bearer {KEYS[name]}"}
 
 
+# Playwright waits 30 s by default; a page of the console on two busy cores (the FM and
+# the improver share them) has been seen to take longer.
+BUSY_MACHINE_TIMEOUT_MS = 90_000
+
+
 def signed_in(browser, stack: Stack, name: str, page_path: str):
     """A browser of its own for `name`, signed in with the keyboard alone: the page asks
     for the key (401), the key is typed, Enter signs in and lands on `page_path`."""
     context = browser.new_context(viewport={"width": 1360, "height": 1000})
+    context.set_default_timeout(BUSY_MACHINE_TIMEOUT_MS)
     page = context.new_page()
     first = page.goto(stack.url + page_path)
     assert first.status == 401 and page.locator("#key").is_visible()
@@ -369,6 +375,7 @@ def test_a_reviewer_signs_in_and_judges_ten_items_with_the_keyboard_alone(stack,
 
 def test_with_auth_off_a_reviewer_signs_in_with_a_name_and_is_never_trusted(stack, browser):
     context = browser.new_context()
+    context.set_default_timeout(BUSY_MACHINE_TIMEOUT_MS)
     page = context.new_page()
     assert page.goto(f"{stack.auth_off_url}/review/tasks/youtube-spam").status == 401
     assert page.locator("#name").is_visible() and page.locator("#key").count() == 0
@@ -472,9 +479,11 @@ def test_a_post_without_the_csrf_token_is_refused(stack, browser):
 
 def test_a_predict_only_key_gets_403(stack, browser):
     context = browser.new_context()
+    context.set_default_timeout(BUSY_MACHINE_TIMEOUT_MS)
     page = context.new_page()
     page.goto(f"{stack.url}/review")
-    page.keyboard.type(KEYS["app"])
+    page.locator("#key").wait_for()
+    page.keyboard.type(KEYS["app"])  # the key field has the focus
     with page.expect_navigation() as navigation:
         page.keyboard.press("Enter")
     assert navigation.value.status == 403
