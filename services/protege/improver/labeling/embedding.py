@@ -118,6 +118,11 @@ class NeighbourLF(EmbeddingLF):
                 self._votes[text] = label
 
 
+def uses_embeddings(task: TaskSpec) -> bool:
+    """Whether the task turned on an embedding source (so its texts are embedded anyway)."""
+    return task.labeling.embedding.zero_shot or task.labeling.embedding.neighbours
+
+
 def embedding_lfs(task: TaskSpec) -> list[LabelingFunction]:
     """The task's embedding-space LFs, as its YAML (`labeling.embedding`) turns them on."""
     spec = task.labeling.embedding

@@ -34,6 +34,7 @@ from protege.improver.data.examples import Examples, gather
 from protege.improver.data.gold import TRAIN, task_split
 from protege.improver.data.records import DataPoint, GoldExample, text_hash
 from protege.improver.data.store import ExampleStore
+from protege.improver.labeling.embedding import embed, uses_embeddings
 from protege.improver.labeling.feedback import rejected_labels
 from protege.improver.labeling.functions import (
     ABSTAIN,
@@ -113,6 +114,7 @@ def label_examples(
             min_gold=spec.stack_min_gold,
             vote_weight=spec.stack_vote_weight,
             seed=spec.seed,
+            embeddings=embed([x.text for x in points]) if uses_embeddings(task) else None,
         )
         if spec.stack and len(points)
         else None

@@ -51,13 +51,15 @@ class Stack:
     gold_accuracy: float  # cross-fitted, on the reviewed training rows
     text_gold_accuracy: float
     vote_features: int
+    embedded: bool = False
 
     def summary(self) -> dict:
         return {
             "gold_rows": self.gold_rows,
             "cross_fitted_gold_accuracy": round(self.gold_accuracy, 4),
             "text_only_cross_fitted_gold_accuracy": round(self.text_gold_accuracy, 4),
-            "features": f"word 1-2 + char 2-4 grams, {self.vote_features} LF vote columns",
+            "features": f"word 1-2 + char 2-4 grams{' + MiniLM' if self.embedded else ''}, "
+            f"{self.vote_features} LF vote columns",
         }
 
 
@@ -100,21 +102,35 @@ def stack_on_gold(
     vote_weight: float = 3.0,
     c: float = 10.0,
     seed: int = 0,
+    embeddings: np.ndarray | None = None,
 ) -> Stack | None:
     """Stacked probabilities for all rows, learned on the gold rows within `fit_rows`
     (a boolean mask: the train bucket); None with fewer than `min_gold` such rows or
     fewer than two labels among them. `L` holds the non-feedback LFs' votes; `gold_y`
     is -1 where a row has no gold. `vote_weight` scales the vote columns against the
-    unit-norm n-gram rows (a vote is worth more than one n-gram)."""
+    unit-norm n-gram rows (a vote is worth more than one n-gram). `embeddings` (unit
+    sentence vectors, one row per text), when the task computes them, join the text's
+    features: with 77 labels and a few reviews each, meaning generalises where n-grams
+    do not."""
     gold = np.flatnonzero(np.asarray(fit_rows, bool) & (gold_y >= 0))
     if len(gold) < min_gold or len(set(gold_y[gold].tolist())) < 2:
         return None
     text = text_features(texts)
+    if embeddings is not None:
+        text = sparse.hstack([text, sparse.csr_matrix(embeddings)]).tocsr()
     with_votes = sparse.hstack([text, vote_weight * vote_features(L, cardinality)]).tocsr()
     folds = np.random.default_rng(seed).permutation(len(gold)) % FOLDS
     probs, accuracy = _cross_fitted(with_votes, gold_y, gold, folds, cardinality, c, seed)
     text_probs, text_accuracy = _cross_fitted(text, gold_y, gold, folds, cardinality, c, seed)
-    return Stack(probs, text_probs, len(gold), accuracy, text_accuracy, L.shape[1] * cardinality)
+    return Stack(
+        probs,
+        text_probs,
+        len(gold),
+        accuracy,
+        text_accuracy,
+        L.shape[1] * cardinality,
+        embedded=embeddings is not None,
+    )
 
 
 def _cross_fitted(
