@@ -423,6 +423,11 @@ def main(name: str, fm_sample: int, fm_budget: float, results: str | None = None
         "(default: the task's, deploy/tasks.yaml)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--results",
+        default=results,
+        help="bench/results/<name>.json to write (a variant's run keeps the default's file)",
+    )
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -472,7 +477,7 @@ def main(name: str, fm_sample: int, fm_budget: float, results: str | None = None
     out["published"] = PUBLISHED[name]
     print_summary(name, out)
     path = write_results(
-        results or f"quality_{name.split('-')[0]}",
+        args.results or f"quality_{name.split('-')[0]}",
         {
             "machine": machine() | {"load_average_at_start": start_machine["load_average_1_5_15"]},
             "review_share": args.review_share,
