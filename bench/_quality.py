@@ -30,11 +30,12 @@ How, per task (train split as day-0 traffic, test split for every figure):
   better on validation kept), the gate on the held-out gold with
   `--fm-exam` FM answers, promotion in MLflow) on a private home; the promoted
   specialist scored on the whole test split.
-- Reviews only: each of the same families trained on the reviewed rows alone, with
-  the reviewers' labels: the round's train bucket (exactly the reviewed rows its
-  specialist learnt from; the exam and calibration buckets' reviews judge it and are
-  never trained on), and every reviewed row (what a team that skipped the loop would
-  train on). Majority class: the most frequent label of the train bucket's reviews.
+- Reviews only: each of the same families trained on the reviewed texts alone, with
+  the reviewers' labels, as the store holds them after the round (one row per distinct
+  text): the train bucket's (exactly the gold the round's specialist learnt from; the
+  exam and calibration buckets' gold judges it and is never trained on), and all of it
+  (what a team that skipped the loop would train on). Majority class: the most
+  frequent label of the train bucket's gold.
 - Fully supervised: each of the same families trained on every train label.
 
     python bench/quality_youtube.py            # ~4 minutes on 2 cores
@@ -208,24 +209,6 @@ def supervised(task, train, test, tmp: Path) -> dict:
     return families_on(task, train.texts, train.labels, test, tmp, "supervised")
 
 
-def reviewed_labels(reviews: dict) -> dict[int, str]:
-    """Train row -> the label its reviewer gave (a thumbs-up confirms the served label,
-    a thumbs-down brings the correction)."""
-    out = {}
-    for row, (_served, given) in reviews.items():
-        review = given[0]
-        out[row] = review.predicted if review.verdict == "up" else review.label
-    return out
-
-
-def train_bucket(task, train, rows) -> list[int]:
-    """The reviewed rows a round trains on: those whose text hashes to the train bucket
-    (the exam and calibration buckets' gold judges and calibrates, never trains)."""
-    from protege.improver.data.gold import TRAIN, task_split
-
-    return [i for i in sorted(rows) if task_split(task, train.texts[i]) == TRAIN]
-
-
 def majority_class(task, labels: list[str], test) -> dict:
     """The trivial answer: always the most frequent reviewed label (ties: the task's
     first label)."""
@@ -234,27 +217,30 @@ def majority_class(task, labels: list[str], test) -> dict:
     return {"label": label, "test_accuracy": float(np.mean([y == label for y in test.labels]))}
 
 
-def reviews_only(task, train, test, reviews: dict, tmp: Path) -> dict:
-    """What the reviews buy without the loop, on the same rows the round was given: each
-    family trained on the reviewed rows alone (the train bucket's, and all of them), and
-    the majority class of the train bucket's reviews."""
-    given = reviewed_labels(reviews)
-    bucket = train_bucket(task, train, given)
+def reviews_only(task, gold: list, test, tmp: Path) -> dict:
+    """What the reviews buy without the loop, on the very gold the round was given (the
+    store's: one row per distinct text, the reviewer's label): each family trained on
+    the train bucket's gold alone (what the round's specialist learnt from; the exam and
+    calibration buckets' gold judges and calibrates, never trains) and on all of it, and
+    the majority class of the train bucket's gold."""
+    from protege.improver.data.gold import TRAIN
 
-    def on(rows: list[int], tag: str) -> dict:
-        return families_on(
-            task, [train.texts[i] for i in rows], [given[i] for i in rows], test, tmp, tag
-        )
+    bucket = [g for g in gold if g.split == TRAIN]
+
+    def on(rows: list, tag: str) -> dict:
+        return families_on(task, [g.text for g in rows], [g.label for g in rows], test, tmp, tag)
 
     return {
         "train_bucket": on(bucket, "reviews-train-bucket"),
-        "all_reviews": on(sorted(given), "reviews-all"),
-        "majority": majority_class(task, [given[i] for i in bucket], test),
+        "all_reviews": on(gold, "reviews-all"),
+        "majority": majority_class(task, [g.label for g in bucket], test),
     }
 
 
-def loop_round(task, train, test, settings, args, backend) -> tuple[dict, dict]:
-    """One improver round on day-0 traffic with reviews; (its figures, the reviews)."""
+def loop_round(task, train, test, settings, args, backend) -> tuple[dict, dict, list]:
+    """One improver round on day-0 traffic with reviews; (its figures, the reviews, the
+    gold the store made of them)."""
+    from protege.improver.data.examples import gather
     from protege.improver.data.store import ExampleStore
     from protege.improver.loop import run_round
     from protege.registry import Registry
@@ -298,7 +284,7 @@ def loop_round(task, train, test, settings, args, backend) -> tuple[dict, dict]:
         out["test_accuracy"] = specialist_accuracy(
             registry.download(task.name, version=result.version), test
         )
-    return out, reviews
+    return out, reviews, gather(store, task).gold
 
 
 def fm_zero_shot(backend, task, test, sample: int, budget_s: float, seed: int) -> dict:
@@ -346,7 +332,7 @@ def print_summary(name: str, r: dict) -> None:
     rows = [
         ("FM zero-shot (SmolLM2-135M)", f"{pct(fm['test_accuracy'])} ({fm['texts']} texts)"),
         (
-            f"majority class of the {bucket['rows']} reviewed training rows",
+            f"majority class of the {bucket['rows']} reviewed training texts",
             f"{pct(alone['majority']['test_accuracy'])} ({alone['majority']['label']})",
         ),
         (
@@ -356,8 +342,8 @@ def print_summary(name: str, r: dict) -> None:
                 f"{pct(lm['test_coverage'])} at {pct(lm['test_accuracy_covered'])})"
             ),
         ),
-        (f"reviews only: the round's {bucket['rows']} reviewed training rows", per_family(bucket)),
-        (f"reviews only: all {every['rows']} reviewed rows", per_family(every)),
+        (f"reviews only: the round's {bucket['rows']} reviewed training texts", per_family(bucket)),
+        (f"reviews only: all {every['rows']} reviewed texts", per_family(every)),
         (
             "specialist after one round",
             (
@@ -458,11 +444,11 @@ def main(name: str, fm_sample: int, fm_budget: float, results: str | None = None
             stages[stage] = round(time.perf_counter() - clock, 1)
             clock = time.perf_counter()
 
-        out["loop"], reviews = loop_round(task, train, test, settings, args, backend)
+        out["loop"], reviews, gold = loop_round(task, train, test, settings, args, backend)
         lap("loop_round")
         out["label_model"] = label_model_on_test(task, train, test, list(reviews), args.seed)
         lap("label_model")
-        out["reviews_only"] = reviews_only(task, train, test, reviews, tmp)
+        out["reviews_only"] = reviews_only(task, gold, test, tmp)
         lap("reviews_only")
         out["supervised"] = supervised(task, train, test, tmp)
         lap("supervised")
