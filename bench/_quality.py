@@ -1,14 +1,16 @@
 """Quality on a task's test split: the FM zero-shot, the label model, the specialist
-one improver round makes, and a fully supervised specialist (the upper bound), next
-to the published reference points. `quality_youtube.py` and `quality_banking77.py`
-run it for one task each (both at once would pass the 10-minute bound on 2 cores:
-Snorkel's model alone takes ~45 s a fit on 77 labels); the README puts them side by
-side.
+one improver round makes, the trivial answers on the same reviews (the majority
+class, each family trained on the reviewed rows alone) and a fully supervised
+specialist (the upper bound), next to the published reference points.
+`quality_youtube.py`, `quality_banking77.py` and `quality_sentiment.py` run it for
+one task each (all at once would pass the 10-minute bound on 2 cores: Snorkel's
+model alone takes ~45 s a fit on 77 labels); the README puts them side by side.
 
 Why. The loop's promise is that cheap labels (rules, the FM's votes, reviewers on a
 share of traffic) combined by a label model make a specialist far better than the
-FM and close to one trained on every label. This puts the four on the same test
-texts.
+FM and close to one trained on every label. And it must beat what its reviews buy
+without it: the same reviewed rows, a model trained on them alone. This puts them
+all on the same test texts.
 
 How, per task (train split as day-0 traffic, test split for every figure):
 
@@ -28,10 +30,17 @@ How, per task (train split as day-0 traffic, test split for every figure):
   better on validation kept), the gate on the held-out gold with
   `--fm-exam` FM answers, promotion in MLflow) on a private home; the promoted
   specialist scored on the whole test split.
+- Reviews only: each of the same families trained on the reviewed texts alone, with
+  the reviewers' labels, as the store holds them after the round (one row per distinct
+  text): the train bucket's (exactly the gold the round's specialist learnt from; the
+  exam and calibration buckets' gold judges it and is never trained on), and all of it
+  (what a team that skipped the loop would train on). Majority class: the most
+  frequent label of the train bucket's gold.
 - Fully supervised: each of the same families trained on every train label.
 
     python bench/quality_youtube.py            # ~4 minutes on 2 cores
     python bench/quality_banking77.py          # ~8 minutes
+    python bench/quality_sentiment.py          # ~5 minutes
     python bench/quality_banking77.py --fm-sample 2 --fm-exam 0   # a quick check
 """
 
@@ -71,6 +80,8 @@ PUBLISHED = {
         "MiniLM + LR, random 10 % of train labels": 83.1,
         "SmolLM2-135M zero-shot": 4.0,  # 2 of 50
     },
+    # The data set has no standard split; its paper learns from review-level labels.
+    "review-sentiment": {},
 }
 
 
@@ -166,22 +177,22 @@ def specialist_accuracy(folder: Path, test) -> float:
     return evaluation.metrics.accuracy
 
 
-def supervised(task, train, test, tmp: Path) -> dict:
-    """Each of the task's families trained on every train label: the upper bound of what
-    labels can buy."""
+def families_on(task, texts, labels, test, tmp: Path, tag: str) -> dict:
+    """Each of the task's families trained on (texts, labels) as gold, scored on test;
+    the best family's accuracy alongside (chosen on test: an upper bound for the row)."""
     from protege.improver.training.dataset import TrainingSet
     from protege.improver.training.distill import FAMILIES
 
-    data = TrainingSet.from_gold(task.label_names, train.texts, train.labels)
-    out: dict = {"families": {}}
+    data = TrainingSet.from_gold(task.label_names, list(texts), list(labels))
+    out: dict = {"rows": len(data), "families": {}}
     for family in task.training.families:
         started = time.perf_counter()
         files = FAMILIES[family].train(data, task.training, progress=False)
         folder = files.write(
-            tmp / f"supervised-{task.name}-{family}",
+            tmp / f"{tag}-{task.name}-{family}",
             task=task.name,
             labels=task.label_names,
-            version="supervised",
+            version=tag,
         )
         out["families"][family] = {
             "test_accuracy": specialist_accuracy(folder, test),
@@ -192,8 +203,44 @@ def supervised(task, train, test, tmp: Path) -> dict:
     return out
 
 
-def loop_round(task, train, test, settings, args, backend) -> tuple[dict, dict]:
-    """One improver round on day-0 traffic with reviews; (its figures, the reviews)."""
+def supervised(task, train, test, tmp: Path) -> dict:
+    """Each of the task's families trained on every train label: the upper bound of what
+    labels can buy."""
+    return families_on(task, train.texts, train.labels, test, tmp, "supervised")
+
+
+def majority_class(task, labels: list[str], test) -> dict:
+    """The trivial answer: always the most frequent reviewed label (ties: the task's
+    first label)."""
+    counts = [labels.count(name) for name in task.label_names]
+    label = task.label_names[int(np.argmax(counts))]
+    return {"label": label, "test_accuracy": float(np.mean([y == label for y in test.labels]))}
+
+
+def reviews_only(task, gold: list, test, tmp: Path) -> dict:
+    """What the reviews buy without the loop, on the very gold the round was given (the
+    store's: one row per distinct text, the reviewer's label): each family trained on
+    the train bucket's gold alone (what the round's specialist learnt from; the exam and
+    calibration buckets' gold judges and calibrates, never trains) and on all of it, and
+    the majority class of the train bucket's gold."""
+    from protege.improver.data.gold import TRAIN
+
+    bucket = [g for g in gold if g.split == TRAIN]
+
+    def on(rows: list, tag: str) -> dict:
+        return families_on(task, [g.text for g in rows], [g.label for g in rows], test, tmp, tag)
+
+    return {
+        "train_bucket": on(bucket, "reviews-train-bucket"),
+        "all_reviews": on(gold, "reviews-all"),
+        "majority": majority_class(task, [g.label for g in bucket], test),
+    }
+
+
+def loop_round(task, train, test, settings, args, backend) -> tuple[dict, dict, list]:
+    """One improver round on day-0 traffic with reviews; (its figures, the reviews, the
+    gold the store made of them)."""
+    from protege.improver.data.examples import gather
     from protege.improver.data.store import ExampleStore
     from protege.improver.loop import run_round
     from protege.registry import Registry
@@ -220,8 +267,15 @@ def loop_round(task, train, test, settings, args, backend) -> tuple[dict, dict]:
         "foundation_answers_on_exam": result.foundation,
     }
     if result.judgement is not None:
+        judgement = result.judgement
         out["family"] = result.family
-        out["exam_accuracy"] = result.judgement.candidate.metrics.accuracy
+        out["exam_accuracy"] = judgement.candidate.metrics.accuracy
+        # The round's own trivial answers on its exam (the gate's baselines).
+        out["exam_reviews_only_accuracy"] = (
+            judgement.reviews_only.metrics.accuracy if judgement.reviews_only else None
+        )
+        out["exam_majority_accuracy"] = judgement.majority.accuracy if judgement.majority else None
+        out["labels_from"] = result.label_model[0].summary()["name"] if result.label_model else None
         out["threshold"] = (
             result.judgement.calibration.threshold if result.judgement.calibration else None
         )
@@ -230,7 +284,7 @@ def loop_round(task, train, test, settings, args, backend) -> tuple[dict, dict]:
         out["test_accuracy"] = specialist_accuracy(
             registry.download(task.name, version=result.version), test
         )
-    return out, reviews
+    return out, reviews, gather(store, task).gold
 
 
 def fm_zero_shot(backend, task, test, sample: int, budget_s: float, seed: int) -> dict:
@@ -267,11 +321,20 @@ def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
+def per_family(row: dict) -> str:
+    return ", ".join(f"{f} {pct(v['test_accuracy'])}" for f, v in row["families"].items())
+
+
 def print_summary(name: str, r: dict) -> None:
     """The task's column of the README's quality table, and the gaps between its rows."""
-    lm, loop, fm = r["label_model"], r["loop"], r["fm"]
+    lm, loop, fm, alone = r["label_model"], r["loop"], r["fm"], r["reviews_only"]
+    bucket, every = alone["train_bucket"], alone["all_reviews"]
     rows = [
         ("FM zero-shot (SmolLM2-135M)", f"{pct(fm['test_accuracy'])} ({fm['texts']} texts)"),
+        (
+            f"majority class of the {bucket['rows']} reviewed training texts",
+            f"{pct(alone['majority']['test_accuracy'])} ({alone['majority']['label']})",
+        ),
         (
             "label model, rules + Python LFs",
             (
@@ -279,19 +342,17 @@ def print_summary(name: str, r: dict) -> None:
                 f"{pct(lm['test_coverage'])} at {pct(lm['test_accuracy_covered'])})"
             ),
         ),
+        (f"reviews only: the round's {bucket['rows']} reviewed training texts", per_family(bucket)),
+        (f"reviews only: all {every['rows']} reviewed texts", per_family(every)),
         (
             "specialist after one round",
             (
                 f"{pct(loop.get('test_accuracy'))} "
-                f"({loop.get('family')}, {loop['outcome']}, {loop['reviewed']} reviews)"
+                f"({loop.get('family')}, {loop['outcome']}, {loop['reviewed']} reviews, "
+                f"labels: {loop.get('labels_from')})"
             ),
         ),
-        (
-            "fully supervised",
-            ", ".join(
-                f"{f} {pct(v['test_accuracy'])}" for f, v in r["supervised"]["families"].items()
-            ),
-        ),
+        ("fully supervised", per_family(r["supervised"])),
     ]
     print(f"\n| {name} ({r['test']} test texts) | accuracy |\n|---|---|")
     for title, cell in rows:
@@ -303,15 +364,21 @@ def print_summary(name: str, r: dict) -> None:
             f"majority vote {pct(w['majority']['test_accuracy'])}"
         )
     won = loop.get("test_accuracy") or 0.0
+    same = bucket["families"].get(loop.get("family"), {}).get("test_accuracy")
     print(
         f"\nthe round's specialist: {100 * (won - fm['test_accuracy']):+.1f} points vs the FM, "
         f"{100 * (won - lm['test_accuracy']):+.1f} vs its label model, "
+        f"{100 * (won - (same or 0.0)):+.1f} vs its family on the same reviews alone, "
+        f"{100 * (won - every['test_accuracy']):+.1f} vs the best family on all reviews, "
         f"{100 * (won - r['supervised']['test_accuracy']):+.1f} vs fully supervised"
     )
-    print("published:", "; ".join(f"{k} {v} %" for k, v in r["published"].items()))
+    published = "; ".join(f"{k} {v} %" for k, v in r["published"].items())
+    print("published:", published or "none on this split (services/protege/data/README.md)")
 
 
-def main(name: str, fm_sample: int, fm_budget: float) -> None:
+def main(name: str, fm_sample: int, fm_budget: float, results: str | None = None) -> None:
+    """Run every row for task `name`; `results` names bench/results/<results>.json
+    (default quality_<the name's first word>)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -342,6 +409,11 @@ def main(name: str, fm_sample: int, fm_budget: float) -> None:
         "(default: the task's, deploy/tasks.yaml)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--results",
+        default=results,
+        help="bench/results/<name>.json to write (a variant's run keeps the default's file)",
+    )
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -372,10 +444,12 @@ def main(name: str, fm_sample: int, fm_budget: float) -> None:
             stages[stage] = round(time.perf_counter() - clock, 1)
             clock = time.perf_counter()
 
-        out["loop"], reviews = loop_round(task, train, test, settings, args, backend)
+        out["loop"], reviews, gold = loop_round(task, train, test, settings, args, backend)
         lap("loop_round")
         out["label_model"] = label_model_on_test(task, train, test, list(reviews), args.seed)
         lap("label_model")
+        out["reviews_only"] = reviews_only(task, gold, test, tmp)
+        lap("reviews_only")
         out["supervised"] = supervised(task, train, test, tmp)
         lap("supervised")
         out["fm"] = fm_zero_shot(backend, task, test, args.fm_sample, args.fm_budget, args.seed)
@@ -389,7 +463,7 @@ def main(name: str, fm_sample: int, fm_budget: float) -> None:
     out["published"] = PUBLISHED[name]
     print_summary(name, out)
     path = write_results(
-        f"quality_{name.split('-')[0]}",
+        args.results or f"quality_{name.split('-')[0]}",
         {
             "machine": machine() | {"load_average_at_start": start_machine["load_average_1_5_15"]},
             "review_share": args.review_share,

@@ -1,5 +1,5 @@
 """Quality on banking77's test split: FM zero-shot, label model, the specialist after one
-improver round, fully supervised. What and how: `bench/_quality.py`.
+improver round, the same reviews alone, fully supervised. What and how: `bench/_quality.py`.
 
     python bench/quality_banking77.py --help
 """

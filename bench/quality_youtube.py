@@ -1,5 +1,5 @@
 """Quality on youtube-spam's test split: FM zero-shot, label model, the specialist after one
-improver round, fully supervised. What and how: `bench/_quality.py`.
+improver round, the same reviews alone, fully supervised. What and how: `bench/_quality.py`.
 
     python bench/quality_youtube.py --help
 """

@@ -63,7 +63,7 @@ def test_task_without_specialist_goes_to_the_foundation_model(client):
 
 def test_task_listing_shows_policy_and_current_models(client):
     tasks = client.get("/v1/tasks", headers=as_("predict")).json()
-    assert [t["name"] for t in tasks] == ["youtube-spam", "banking77"]
+    assert [t["name"] for t in tasks] == ["youtube-spam", "banking77", "review-sentiment"]
     youtube = client.get("/v1/tasks/youtube-spam", headers=as_("predict")).json()
     assert youtube["policy"] == "cascade" and youtube["threshold"] == 0.8
     assert youtube["threshold_source"] == "configured"  # v7 carries no calibrated threshold

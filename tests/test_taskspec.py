@@ -48,7 +48,7 @@ def protege(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_the_shipped_tasks_file_is_valid():
-    assert set(load_tasks(DEFAULT_TASKS_FILE)) == {"youtube-spam", "banking77"}
+    assert set(load_tasks(DEFAULT_TASKS_FILE)) == {"youtube-spam", "banking77", "review-sentiment"}
 
 
 def test_an_unquoted_comma_names_the_file_the_task_and_the_field(unquoted_comma):
@@ -93,7 +93,7 @@ def test_tasks_check_reports_without_a_traceback(unquoted_comma):
     assert bad.stderr.startswith(f"error: {unquoted_comma}: task 'youtube-spam': labels[0].")
     assert "Traceback" not in bad.stderr
     good = protege("tasks", "check", str(DEFAULT_TASKS_FILE))
-    assert good.returncode == 0 and "2 task(s), valid" in good.stdout
+    assert good.returncode == 0 and "3 task(s), valid" in good.stdout
 
 
 def test_up_with_a_bad_tasks_file_starts_nothing_and_says_why(unquoted_comma, tmp_path):
@@ -137,4 +137,4 @@ def test_tasks_check_checks_the_inline_tasks(unquoted_comma):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.startswith("error: PROTEGE_TASKS_INLINE: task 'youtube-spam': labels[0].")
     good = protege("tasks", "check", env={"PROTEGE_TASKS_INLINE": SHIPPED})
-    assert good.returncode == 0 and "PROTEGE_TASKS_INLINE: 2 task(s), valid" in good.stdout
+    assert good.returncode == 0 and "PROTEGE_TASKS_INLINE: 3 task(s), valid" in good.stdout

@@ -3,6 +3,8 @@
 - ``youtube-spam``: the YouTube Spam Collection in WRENCH's format, with the votes
   of WRENCH's 10 labeling functions (``weak_labels``, -1 = abstain).
 - ``banking77``: BANKING77's 77 customer-support intents.
+- ``review-sentiment``: Sentiment Labelled Sentences (UCI), review sentences from
+  Amazon, IMDB and Yelp, POSITIVE or NEGATIVE.
 
 Example
 -------
@@ -25,6 +27,7 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 
 YOUTUBE_SPLITS = ("train", "valid", "test")
 BANKING77_SPLITS = ("train", "test")
+SENTIMENT_SPLITS = ("train", "test")
 # The order of WRENCH's youtube weak_labels columns (data/youtube/readme.txt).
 YOUTUBE_LF_NAMES = (
     "keyword_my",
@@ -110,7 +113,29 @@ def banking77(split: str = "train", data_dir: Path = DATA_DIR) -> Dataset:
     )
 
 
-LOADERS = {"youtube-spam": youtube, "youtube": youtube, "banking77": banking77}
+def sentiment_sentences(split: str = "train", data_dir: Path = DATA_DIR) -> Dataset:
+    if split not in SENTIMENT_SPLITS:
+        raise ValueError(f"sentiment_sentences has splits {SENTIMENT_SPLITS}, not {split!r}")
+    folder = data_dir / "sentiment_sentences"
+    label_names = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
+    with open(folder / f"{split}.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return Dataset(
+        task="review-sentiment",
+        split=split,
+        texts=[row["text"] for row in rows],
+        labels=[row["label"] for row in rows],
+        label_names=list(label_names),
+    )
+
+
+LOADERS = {
+    "youtube-spam": youtube,
+    "youtube": youtube,
+    "banking77": banking77,
+    "review-sentiment": sentiment_sentences,
+    "sentiment_sentences": sentiment_sentences,
+}
 
 
 def load(task: str, split: str = "train") -> Dataset:
@@ -123,4 +148,9 @@ def load(task: str, split: str = "train") -> Dataset:
 
 
 def splits(task: str) -> tuple[str, ...]:
-    return YOUTUBE_SPLITS if LOADERS.get(task) is youtube else BANKING77_SPLITS
+    split_names = {
+        youtube: YOUTUBE_SPLITS,
+        banking77: BANKING77_SPLITS,
+        sentiment_sentences: SENTIMENT_SPLITS,
+    }
+    return split_names[LOADERS[task]]
