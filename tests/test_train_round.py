@@ -192,3 +192,23 @@ def test_a_champion_that_cannot_load_does_not_block_a_good_candidate(task, youtu
     assert [c.rival for c in judgement.decision.comparisons] == ["majority"]  # as a first one
     assert judgement.calibration is None  # no FM answers: the task's threshold stays
     assert any("not calibrated: 0 calibration rows" in r for r in event.reasons)
+
+
+def test_the_family_is_chosen_on_the_calibration_buckets_trusted_gold(task):
+    from protege.improver.data.examples import Examples
+    from protege.improver.data.gold import CALIBRATION, EXAM
+    from protege.improver.data.records import GoldExample
+    from protege.improver.loop import family_validation
+
+    def gold(n: int, split: str, trusted: bool = True) -> list[GoldExample]:
+        return [
+            GoldExample(f"text {split} {k}", LABELS[k % 2], "file:owner.csv", split, trusted)
+            for k in range(n)
+        ]
+
+    enough = task.exam.min_rows
+    texts, labels = family_validation(
+        task, Examples([], gold(enough, CALIBRATION) + gold(99, EXAM) + gold(9, CALIBRATION, False))
+    )
+    assert len(texts) == enough and set(labels) == set(LABELS)  # neither exam nor untrusted
+    assert family_validation(task, Examples([], gold(enough - 1, CALIBRATION))) is None

@@ -10,7 +10,8 @@ triggers and by `protege improver round TASK` by hand. It reads top to bottom:
    trained on), the calibration bucket's, and the FM's answers on both, cheapest
    first (`judge.exam`); too small an exam skips the round, saying what it lacks;
 4. train: distill into the task's specialist families, here or as a Ray task
-   (`training.jobs`), and the reviews-only model: the chosen family on the reviewed
+   (`training.jobs`), the family chosen on the calibration bucket's trusted gold (the
+   exam stays unseen), and the reviews-only model: the chosen family on the reviewed
    training rows alone, the trivial learner a first candidate must beat;
 5. judge: the candidate, the champion and the trivial answers side by side on the
    exam, the cascade threshold calibrated on the calibration set, the gate applied at
@@ -172,6 +173,18 @@ def exam_of(
             "reviewers who agree)"
         )
     return set_exam(task, store, exam, examples.calibration_gold(), backend, model_name)
+
+
+def family_validation(task: TaskSpec, examples: Examples) -> tuple[list, list] | None:
+    """The trusted gold of the calibration bucket, to choose the family on, when it holds
+    `exam.min_rows`: a hold-out of the training rows would be scored against the label
+    model's own labels, which favour the family most like it (n-gram stacking favours
+    TF-IDF on sentiment, where MiniLM is better on true labels). None: the training
+    rows' hold-out, as before."""
+    gold = examples.calibration_gold()
+    if len(gold) < task.exam.min_rows or len({g.label for g in gold}) < 2:
+        return None
+    return [g.text for g in gold], [g.label for g in gold]
 
 
 def reviews_only_model(
@@ -372,7 +385,13 @@ def run_round(
         }
         if trainer is None:
             use_ray = should_use_ray(task, settings) if use_ray is None else use_ray
-            candidate = train_candidate(task, train, use_ray=use_ray, progress=progress)
+            candidate = train_candidate(
+                task,
+                train,
+                validation=family_validation(task, examples),
+                use_ray=use_ray,
+                progress=progress,
+            )
         else:
             candidate = trainer(task, train)
         report.family = candidate.family

@@ -27,6 +27,8 @@ CANDIDATE_VERSION = "candidate"  # until the registry assigns one
 # Below this many gold rows the hold-out is drawn from all rows (soft labels' argmax).
 MIN_GOLD_FOR_VALIDATION = 200
 
+Validation = tuple[Sequence[str], Sequence]  # (texts, gold labels: names or indices)
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -76,7 +78,7 @@ def train_specialist(
     task: str,
     train: TrainingSet,
     spec: TrainingSpec,
-    validation: tuple[Sequence[str], Sequence] | None = None,
+    validation: Validation | None = None,
     *,
     progress: bool = True,
 ) -> Candidate:

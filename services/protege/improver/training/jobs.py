@@ -17,7 +17,7 @@ import os
 from functools import cache
 
 from protege.improver.training.dataset import TrainingSet
-from protege.improver.training.distill import Candidate, train_specialist
+from protege.improver.training.distill import Candidate, Validation, train_specialist
 from protege.settings import Settings
 from protege.taskspec import TaskSpec
 
@@ -59,7 +59,13 @@ def disconnect() -> None:
     _remote_train.cache_clear()  # a remote function belongs to the connection that made it
 
 
-def train_on_ray(task: TaskSpec, train: TrainingSet, *, progress: bool = True) -> Candidate:
+def train_on_ray(
+    task: TaskSpec,
+    train: TrainingSet,
+    *,
+    validation: Validation | None = None,
+    progress: bool = True,
+) -> Candidate:
     """`train_specialist` as a Ray task with the task's `training.num_gpus`/`num_cpus`,
     on the cluster `connect` reaches. A lost connection (ConnectionError: the cluster
     went away) is shut down before the error goes up, so that the next call reconnects."""
@@ -75,7 +81,7 @@ def train_on_ray(task: TaskSpec, train: TrainingSet, *, progress: bool = True) -
                 num_cpus=spec.num_cpus,
                 name=f"train-{task.name}",
             )
-            .remote(task.name, train, spec, progress=progress)
+            .remote(task.name, train, spec, validation, progress=progress)
         )
         _training[task.name] = ref
         return ray.get(ref)
@@ -101,12 +107,18 @@ def cancel_training(task_name: str) -> bool:
 
 
 def train_candidate(
-    task: TaskSpec, train: TrainingSet, *, use_ray: bool = False, progress: bool = False
+    task: TaskSpec,
+    train: TrainingSet,
+    *,
+    validation: Validation | None = None,
+    use_ray: bool = False,
+    progress: bool = False,
 ) -> Candidate:
-    """Distill `train` into the task's specialist families, here or on Ray."""
+    """Distill `train` into the task's specialist families, here or on Ray; the family
+    is chosen on `validation` (texts, labels) when given (see `train_specialist`)."""
     if use_ray:
-        return train_on_ray(task, train, progress=progress)
-    return train_specialist(task.name, train, task.training, progress=progress)
+        return train_on_ray(task, train, validation=validation, progress=progress)
+    return train_specialist(task.name, train, task.training, validation, progress=progress)
 
 
 def should_use_ray(task: TaskSpec, settings: Settings) -> bool:
