@@ -198,7 +198,7 @@ def test_the_family_is_chosen_on_the_calibration_buckets_trusted_gold(task):
     from protege.improver.data.examples import Examples
     from protege.improver.data.gold import CALIBRATION, EXAM
     from protege.improver.data.records import GoldExample
-    from protege.improver.loop import family_validation
+    from protege.improver.loop import MIN_FAMILY_VALIDATION_ROWS, family_validation
 
     def gold(n: int, split: str, trusted: bool = True) -> list[GoldExample]:
         return [
@@ -206,7 +206,7 @@ def test_the_family_is_chosen_on_the_calibration_buckets_trusted_gold(task):
             for k in range(n)
         ]
 
-    enough = task.exam.min_rows
+    enough = MIN_FAMILY_VALIDATION_ROWS
     texts, labels = family_validation(
         task, Examples([], gold(enough, CALIBRATION) + gold(99, EXAM) + gold(9, CALIBRATION, False))
     )

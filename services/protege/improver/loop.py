@@ -63,6 +63,8 @@ from protege.taskspec import TaskSpec
 log = logging.getLogger(__name__)
 
 Trainer = Callable[[TaskSpec, TrainingSet], Candidate]
+# Fewer true labels than this choose a family worse than the training rows' hold-out.
+MIN_FAMILY_VALIDATION_ROWS = 20
 
 
 class NotReady(RuntimeError):
@@ -177,12 +179,12 @@ def exam_of(
 
 def family_validation(task: TaskSpec, examples: Examples) -> tuple[list, list] | None:
     """The trusted gold of the calibration bucket, to choose the family on, when it holds
-    `exam.min_rows`: a hold-out of the training rows would be scored against the label
+    `MIN_FAMILY_VALIDATION_ROWS`: a hold-out of the training rows would be scored against the label
     model's own labels, which favour the family most like it (n-gram stacking favours
     TF-IDF on sentiment, where MiniLM is better on true labels). None: the training
     rows' hold-out, as before."""
     gold = examples.calibration_gold()
-    if len(gold) < task.exam.min_rows or len({g.label for g in gold}) < 2:
+    if len(gold) < MIN_FAMILY_VALIDATION_ROWS or len({g.label for g in gold}) < 2:
         return None
     return [g.text for g in gold], [g.label for g in gold]
 
