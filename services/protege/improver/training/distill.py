@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from protege.artifact import Specialist, SpecialistFiles
-from protege.improver.training import minilm, tfidf
+from protege.improver.training import minilm, minilm_ft, tfidf
 from protege.improver.training.dataset import TrainingSet, label_indices
 from protege.taskspec import TrainingSpec
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"tfidf": tfidf, "minilm": minilm}
+FAMILIES = {"tfidf": tfidf, "minilm": minilm, "minilm-ft": minilm_ft}
 CANDIDATE_VERSION = "candidate"  # until the registry assigns one
 # Below this many gold rows the hold-out is drawn from all rows (soft labels' argmax).
 MIN_GOLD_FOR_VALIDATION = 200
@@ -159,7 +159,7 @@ def time_training(
     so that the figure scales with the data."""
     spec = spec or TrainingSpec()
     module = FAMILIES[family]
-    if warm and module is minilm:
+    if warm and module in (minilm, minilm_ft):
         minilm.load_encoder()
     start = time.perf_counter()
     module.train(train, spec, progress=progress)
