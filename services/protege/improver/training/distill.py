@@ -10,7 +10,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +139,8 @@ class TrainingTiming:
     family: str
     examples: int
     fit_export_seconds: float
+    test_accuracy: float | None = None  # on the data set's test split, when asked
+    files: SpecialistFiles | None = field(default=None, repr=False, compare=False)
 
     @property
     def seconds_per_1k(self) -> float:
@@ -162,8 +164,8 @@ def time_training(
     if warm and module in (minilm, minilm_ft):
         minilm.load_encoder()
     start = time.perf_counter()
-    module.train(train, spec, progress=progress)
-    return TrainingTiming(family, len(train), time.perf_counter() - start)
+    files = module.train(train, spec, progress=progress)
+    return TrainingTiming(family, len(train), time.perf_counter() - start, files=files)
 
 
 def benchmark_training(
@@ -171,9 +173,11 @@ def benchmark_training(
     examples: int = 1000,
     families: Sequence[str] = ("tfidf", "minilm"),
     seed: int = 0,
+    test: bool = False,
 ) -> list[TrainingTiming]:
-    """Training time of each family on `examples` gold texts of a shipped data set
-    (`protege.datasets`), e.g. for `bench/`: `[t.seconds_per_1k for t in ...]`."""
+    """Training time of each family on the same `examples` random gold texts of a shipped
+    data set (`protege.datasets`), e.g. for `bench/`: `[t.seconds_per_1k for t in ...]`;
+    with `test`, each exported model's accuracy on the data set's test split too."""
     from protege import datasets
 
     train = datasets.load(task, "train")
@@ -181,4 +185,12 @@ def benchmark_training(
     data = TrainingSet.from_gold(
         train.label_names, [train.texts[i] for i in rows], [train.labels[i] for i in rows]
     )
-    return [time_training(family, data, TrainingSpec(seed=seed)) for family in families]
+    timings = [time_training(family, data, TrainingSpec(seed=seed)) for family in families]
+    if not test:
+        return timings
+    held = datasets.load(task, "test")
+    gold = label_indices(train.label_names, held.labels)
+    return [
+        replace(t, test_accuracy=validation_accuracy(t.files, train.label_names, held.texts, gold))
+        for t in timings
+    ]
