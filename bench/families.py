@@ -70,7 +70,9 @@ def main() -> None:
             )
     payload["wall_s"] = round(time.perf_counter() - started, 1)
     payload["machine_after"] = machine()
-    print(f"wrote {write_results('families', payload)}")
+    # A run of some tasks only keeps its own file: it does not overwrite the full run's.
+    name = "families" if set(args.tasks) == set(TASKS) else "_".join(["families", *args.tasks])
+    print(f"wrote {write_results(name, payload)}")
 
 
 if __name__ == "__main__":
