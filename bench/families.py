@@ -12,8 +12,8 @@ wall and CPU seconds per 1,000 examples (CPU time moves less with other work on 
 machine), and the exported model, loaded as serving loads it, scored
 on the task's whole test split.
 
-    python bench/families.py                       # youtube-spam and banking77, ~10 min
-    python bench/families.py --tasks youtube-spam  # ~4 min
+    python bench/families.py                       # both tasks: past 10 min on 2 cores
+    python bench/families.py --tasks youtube-spam  # one task (what README quotes)
 """
 
 from __future__ import annotations
