@@ -372,8 +372,11 @@ class GateSpec(StrictModel):
 class TrainingSpec(StrictModel):
     """Specialist families to distill into (the better on validation is kept) and their knobs."""
 
-    families: list[Literal["tfidf", "minilm"]] = Field(
-        default_factory=lambda: ["tfidf", "minilm"], min_length=1
+    families: list[Literal["tfidf", "minilm", "minilm-ft"]] = Field(
+        default_factory=lambda: ["tfidf", "minilm"],
+        min_length=1,
+        description="tfidf, minilm (frozen encoder + head), minilm-ft (the encoder fine-tuned "
+        "too; ~10x minilm's training time on CPU, so opt in).",
     )
     seed: int = 0
     num_gpus: float = Field(
@@ -388,6 +391,20 @@ class TrainingSpec(StrictModel):
         gt=0.0,
         description="Inverse L2 strength of the MiniLM head (as sklearn's C); unset: 1 or 10 by "
         "3-fold cross-validation on the training rows (youtube likes 1, banking77 10).",
+    )
+    finetune_epochs: int = Field(
+        default=3, gt=0, description="minilm-ft: passes over the training set (2-3 is usual)."
+    )
+    finetune_batch_size: int = Field(
+        default=16, gt=0, description="minilm-ft: texts per step (small batches suit CPUs)."
+    )
+    finetune_lr: float = Field(
+        default=3e-5, gt=0.0, description="minilm-ft: AdamW learning rate of the encoder."
+    )
+    finetune_head_lr: float = Field(
+        default=1e-3,
+        gt=0.0,
+        description="minilm-ft: the head's learning rate (it starts from the frozen-feature fit).",
     )
     tfidf_c: float = Field(
         default=10.0, gt=0.0, description="Inverse L2 strength of the TF-IDF logistic regression."

@@ -142,11 +142,16 @@ def train(data: TrainingSet, spec: TrainingSpec, progress: bool = True) -> Speci
     head = fit_head(
         embeddings, data.targets, data.weights, spec, c=c, device=device, progress=progress
     )
-    encoder, tokenizer = load_encoder()
-    onnx = torch_to_onnx(MiniLMClassifier(encoder, head), tokenizer.get_vocab_size())
+    encoder, _ = load_encoder()
+    return export(MiniLMClassifier(encoder, head), NAME, {"minilm_c": c})
+
+
+def export(model: MiniLMClassifier, name: str, params: dict) -> SpecialistFiles:
+    """The artifact of a MiniLM family: one ONNX graph, `tokenizer.json` alongside."""
+    _, tokenizer = load_encoder()
     return SpecialistFiles(
-        model=NAME,
-        onnx=onnx,
+        model=name,
+        onnx=torch_to_onnx(model, tokenizer.get_vocab_size()),
         extra={TOKENIZER_FILE: (model_path() / TOKENIZER_FILE).read_bytes()},
-        params={"minilm_c": c},
+        params=params,
     )
