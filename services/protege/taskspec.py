@@ -170,6 +170,14 @@ class LabelModelSpec(StrictModel):
     stack_vote_weight: float = Field(
         default=3.0, gt=0.0, description="A vote's weight against the text's n-grams."
     )
+    stack_min_confidence: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="The stack labels a text only when its top label has this probability "
+        "(else the label model, where an LF voted): with 77 labels and a few reviews each, "
+        "a guess is noise.",
+    )
 
 
 class EmbeddingSourcesSpec(StrictModel):

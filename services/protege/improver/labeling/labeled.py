@@ -8,8 +8,9 @@ enough gold (`labeling.label_model.stack_min_gold`), three labelers are compared
 the reviewed training rows, without leakage (feedback LFs never vote on the row they
 grade; the stacks are cross-fitted): the label model, gold stacking
 (`labeling.stacking`: the text and the LFs' votes, weighed on the reviewed rows) and the
-text alone (what the reviews teach without any LF). The best labels the round; the
-stacks label every training text, LF-covered or not. On tasks with more than two
+text alone (what the reviews teach without any LF). The best labels the round; a
+stack labels every text it is sure enough of (`stack_min_confidence`), covered by an LF
+or not, and the label model the LF-covered rest. On tasks with more than two
 labels a reviewer's bare thumbs-down rules its served label out of the example's
 probabilistic label.
 
@@ -130,8 +131,12 @@ def label_examples(
         chosen = max(scores, key=scores.get)  # ties: the first, i.e. the stack
         fit.choice["stacked"] = {**stack.summary(), "scores": scores, "chosen": chosen}
         if chosen != fit.kind:
-            chosen_probs = stack.probs if chosen == "stacked" else stack.text_probs
-            probs, labeled = chosen_probs, np.ones(len(points), bool)
+            stacked = stack.probs if chosen == "stacked" else stack.text_probs
+            # A stack knows only the labels the reviews carry: where it is unsure (77
+            # intents, a few reviews each), the label model's votes stand.
+            sure = stacked.max(axis=1) >= spec.stack_min_confidence
+            probs = np.where(sure[:, None], stacked, probs)
+            labeled = sure | matrix.covered
     if cardinality > 2:
         probs, still_valid = exclude_labels(probs, rejected_labels(task, points))
         labeled &= still_valid
