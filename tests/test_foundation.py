@@ -114,14 +114,10 @@ def test_label_chunks_do_not_change_scores(backend, intents, monkeypatch):
     np.testing.assert_allclose(backend.predict_proba(task, text), full, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def fm_server_url(backend):
+def serve_on_loopback(app):
+    """Run an ASGI app on a free loopback port in a thread; yields its /v1 URL."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            build_fm_server(backend, "smollm2"), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -132,11 +128,22 @@ def fm_server_url(backend):
     thread.join(10)
 
 
+@pytest.fixture(scope="module")
+def fm_server_url(backend):
+    yield from serve_on_loopback(build_fm_server(backend, "smollm2"))
+
+
+@pytest.fixture(scope="module")
+def vllm_style_url(backend):
+    """The same model, reporting a BOS token and offsets the way vLLM does."""
+    yield from serve_on_loopback(build_fm_server(backend, "smollm2", vllm_offsets=True))
+
+
 def test_openai_backend_scores_like_the_model_behind_the_endpoint(fm_server_url, backend, tasks):
     task = tasks["youtube-spam"]
     texts = ["Please subscribe to my channel!", "This song brings back memories"]
     remote = OpenAIBackend(fm_server_url, "smollm2", api_key="unused").predict_proba(task, texts)
-    np.testing.assert_allclose(remote, backend.predict_proba(task, texts), atol=1e-3)
+    np.testing.assert_allclose(remote, backend.predict_proba(task, texts), atol=1e-5)
 
 
 def test_openai_backend_length_normalizes_multi_token_labels(fm_server_url, backend, intents):
@@ -144,7 +151,37 @@ def test_openai_backend_length_normalizes_multi_token_labels(fm_server_url, back
     assert task.prompt.length_normalize
     texts = ["My card still has not arrived"]
     remote = OpenAIBackend(fm_server_url, "smollm2", api_key=None).predict_proba(task, texts)
-    np.testing.assert_allclose(remote, backend.predict_proba(task, texts), atol=1e-3)
+    np.testing.assert_allclose(remote, backend.predict_proba(task, texts), atol=1e-5)
+
+
+def test_vllm_style_server_shifts_offsets_by_the_bos_text(vllm_style_url, backend):
+    import httpx
+
+    body = {"model": "smollm2", "prompt": "Answer: spam", "max_tokens": 0, "echo": True}
+    logprobs = httpx.post(f"{vllm_style_url}/completions", json={**body, "logprobs": 0}).json()[
+        "choices"
+    ][0]["logprobs"]
+    bos = backend.tokenizer.bos_token
+    assert logprobs["tokens"][0] == bos and logprobs["token_logprobs"][0] is None
+    assert logprobs["tokens"][-1] == " spam"
+    assert logprobs["text_offset"][-1] == len(bos) + len("Answer:")  # not 7: shifted
+
+
+@pytest.mark.parametrize("length_normalize", [False, True])
+@pytest.mark.parametrize("task_name", ["youtube-spam", "intents"])
+def test_openai_backend_scores_like_the_model_under_vllm_offsets(
+    vllm_style_url, backend, tasks, intents, task_name, length_normalize
+):
+    task = intents if task_name == "intents" else tasks[task_name]
+    prompt = task.prompt.model_copy(update={"length_normalize": length_normalize})
+    texts = {
+        "youtube-spam": ["Please subscribe to my channel!", "wow", "I love this song <3"],
+        "intents": ["My card still has not arrived", "how do I top up by bank transfer"],
+    }[task_name]
+    remote = OpenAIBackend(vllm_style_url, "smollm2", api_key=None).predict_proba(
+        task, texts, prompt
+    )
+    np.testing.assert_allclose(remote, backend.predict_proba(task, texts, prompt), atol=1e-5)
 
 
 def test_fm_server_refuses_generation_and_unknown_models(fm_server_url):
