@@ -76,7 +76,7 @@ def test_length_normalization_divides_by_token_count():
 @pytest.fixture(scope="module")
 def mixed(intents):
     """Intents, one of them renamed to a single token: one- and many-token labels."""
-    labels = [intents.labels[0].model_copy(update={"words": "refund"}), *intents.labels[1:]]
+    labels = [intents.labels[0].model_copy(update={"verbalizer": "refund"}), *intents.labels[1:]]
     return intents.model_copy(update={"labels": labels})
 
 
