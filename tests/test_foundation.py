@@ -73,23 +73,51 @@ def test_length_normalization_divides_by_token_count():
     np.testing.assert_allclose(summed.sum(1), 1.0, atol=1e-6)
 
 
-def test_cached_label_scoring_equals_plain_forward_passes(backend, intents):
-    task = intents
+@pytest.fixture(scope="module")
+def mixed(intents):
+    """Intents, one of them renamed to a single token: one- and many-token labels."""
+    labels = [intents.labels[0].model_copy(update={"verbalizer": "refund"}), *intents.labels[1:]]
+    return intents.model_copy(update={"labels": labels})
+
+
+@pytest.mark.parametrize("task_name", ["youtube-spam", "intents", "mixed"])
+def test_label_scoring_equals_plain_forward_passes(backend, tasks, intents, mixed, task_name):
+    task = {"intents": intents, "mixed": mixed}.get(task_name) or tasks[task_name]
     texts = [
         "I am still waiting on my card?",
         "why was I charged a fee for topping up with my card",
+        "Subscribe to my channel http://x.co",
     ]
     labels = continuations(task)
-    picked = [0, 1, 3, 5]  # one- to many-token intents
-    label_ids = [
-        backend.tokenizer(labels[j], add_special_tokens=False)["input_ids"] for j in picked
-    ]
+    label_ids = [backend.tokenizer(c, add_special_tokens=False)["input_ids"] for c in labels]
+    counts = np.array([len(ids) for ids in label_ids])
+    if task_name == "mixed":
+        assert sorted(counts)[:2] == [1, 2]
+    naive = np.array(
+        [[naive_loglik(backend, render_prompt(task, t), c) for c in labels] for t in texts]
+    )
     batched = backend.label_loglik([render_prompt(task, t) for t in texts], label_ids)
-    for i, text in enumerate(texts):
-        for col, j in enumerate(picked):
-            assert batched[i, col] == pytest.approx(
-                naive_loglik(backend, render_prompt(task, text), labels[j]), abs=2e-3
-            )
+    np.testing.assert_allclose(batched, naive, atol=1e-4)
+    for length_normalize in (False, True):
+        prompt = task.prompt.model_copy(update={"length_normalize": length_normalize})
+        np.testing.assert_allclose(
+            backend.predict_proba(task, texts, prompt),
+            label_probabilities(naive, counts, length_normalize),
+            atol=1e-5,
+        )
+
+
+def test_one_token_labels_cost_one_forward_pass_and_longer_ones_two(backend, tasks, intents):
+    calls = []
+    hook = backend.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        backend.predict_proba(tasks["youtube-spam"], ["wow", "nice song", "sub to me"])
+        assert len(calls) == 1  # ham and spam are whole in the next-token distribution
+        calls.clear()
+        backend.predict_proba(intents, ["My card has not arrived", "top up failed"])
+        assert len(calls) == 2  # the prompt, then every label's other tokens packed
+    finally:
+        hook.remove()
 
 
 def test_batched_texts_of_different_lengths_score_as_if_alone(backend, tasks):
@@ -104,24 +132,20 @@ def test_batched_texts_of_different_lengths_score_as_if_alone(backend, tasks):
     np.testing.assert_allclose(together.sum(1), 1.0, atol=1e-5)
 
 
-def test_label_chunks_do_not_change_scores(backend, intents, monkeypatch):
+def test_label_passes_do_not_change_scores(backend, intents, monkeypatch):
     task = intents
     text = ["how do I top up by bank transfer"]
     full = backend.predict_proba(task, text)
     import protege.foundation.transformers_backend as tb
 
-    monkeypatch.setattr(tb, "KV_BUDGET_TOKENS", 1)  # one label per chunk
+    monkeypatch.setattr(tb, "LABEL_TOKENS_PER_PASS", 1)  # one label per pass
     np.testing.assert_allclose(backend.predict_proba(task, text), full, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def fm_server_url(backend):
+def serve_on_loopback(app):
+    """Run an ASGI app on a free loopback port in a thread; yields its /v1 URL."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            build_fm_server(backend, "smollm2"), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -132,11 +156,22 @@ def fm_server_url(backend):
     thread.join(10)
 
 
+@pytest.fixture(scope="module")
+def fm_server_url(backend):
+    yield from serve_on_loopback(build_fm_server(backend, "smollm2"))
+
+
+@pytest.fixture(scope="module")
+def vllm_style_url(backend):
+    """The same model, reporting a BOS token and offsets the way vLLM does."""
+    yield from serve_on_loopback(build_fm_server(backend, "smollm2", vllm_offsets=True))
+
+
 def test_openai_backend_scores_like_the_model_behind_the_endpoint(fm_server_url, backend, tasks):
     task = tasks["youtube-spam"]
     texts = ["Please subscribe to my channel!", "This song brings back memories"]
     remote = OpenAIBackend(fm_server_url, "smollm2", api_key="unused").predict_proba(task, texts)
-    np.testing.assert_allclose(remote, backend.predict_proba(task, texts), atol=1e-3)
+    np.testing.assert_allclose(remote, backend.predict_proba(task, texts), atol=1e-5)
 
 
 def test_openai_backend_length_normalizes_multi_token_labels(fm_server_url, backend, intents):
@@ -144,7 +179,37 @@ def test_openai_backend_length_normalizes_multi_token_labels(fm_server_url, back
     assert task.prompt.length_normalize
     texts = ["My card still has not arrived"]
     remote = OpenAIBackend(fm_server_url, "smollm2", api_key=None).predict_proba(task, texts)
-    np.testing.assert_allclose(remote, backend.predict_proba(task, texts), atol=1e-3)
+    np.testing.assert_allclose(remote, backend.predict_proba(task, texts), atol=1e-5)
+
+
+def test_vllm_style_server_shifts_offsets_by_the_bos_text(vllm_style_url, backend):
+    import httpx
+
+    body = {"model": "smollm2", "prompt": "Answer: spam", "max_tokens": 0, "echo": True}
+    logprobs = httpx.post(f"{vllm_style_url}/completions", json={**body, "logprobs": 0}).json()[
+        "choices"
+    ][0]["logprobs"]
+    bos = backend.tokenizer.bos_token
+    assert logprobs["tokens"][0] == bos and logprobs["token_logprobs"][0] is None
+    assert logprobs["tokens"][-1] == " spam"
+    assert logprobs["text_offset"][-1] == len(bos) + len("Answer:")  # not 7: shifted
+
+
+@pytest.mark.parametrize("length_normalize", [False, True])
+@pytest.mark.parametrize("task_name", ["youtube-spam", "intents"])
+def test_openai_backend_scores_like_the_model_under_vllm_offsets(
+    vllm_style_url, backend, tasks, intents, task_name, length_normalize
+):
+    task = intents if task_name == "intents" else tasks[task_name]
+    prompt = task.prompt.model_copy(update={"length_normalize": length_normalize})
+    texts = {
+        "youtube-spam": ["Please subscribe to my channel!", "wow", "I love this song <3"],
+        "intents": ["My card still has not arrived", "how do I top up by bank transfer"],
+    }[task_name]
+    remote = OpenAIBackend(vllm_style_url, "smollm2", api_key=None).predict_proba(
+        task, texts, prompt
+    )
+    np.testing.assert_allclose(remote, backend.predict_proba(task, texts, prompt), atol=1e-5)
 
 
 def test_fm_server_refuses_generation_and_unknown_models(fm_server_url):

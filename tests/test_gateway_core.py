@@ -2,13 +2,14 @@
 models' outputs on escalation and shadow runs), and specialist swaps."""
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
 from protege.foundation.transformers_backend import TransformersBackend
 from protege.schemas import FeedbackEvent, FeedbackRequest, PredictionEvent, Route
 from protege.serving.auth import Identity
-from protege.serving.foundation_client import LocalFoundation
+from protege.serving.foundation_client import HandleFoundation, LocalFoundation
 from protege.serving.gateway import GatewayCore, InputError, UnknownPrediction
 from protege.serving.prediction_ids import PredictionIds
 from protege.serving.specialists import SpecialistSlots
@@ -42,6 +43,21 @@ def make_core(tmp_path, foundation, folder, shadow_rate=0.0):
         tasks, foundation, slots, PredictionIds(b"0123456789abcdef0123"), publish=events.append
     )
     return core, events
+
+
+class FoundationHandle:
+    """What a Ray Serve handle to the FoundationModel deployment offers the gateway:
+    `handle.<method>.remote(...)` returns an awaitable, here over the real backend."""
+
+    def __init__(self, backend, tasks):
+        async def score(task: str, text: str) -> list[float]:
+            return backend.predict_proba(tasks[task], [text])[0].tolist()
+
+        async def info() -> dict:
+            return backend.ref.model_dump()
+
+        self.score = SimpleNamespace(remote=score)
+        self.info = SimpleNamespace(remote=info)
 
 
 async def predict_and_settle(core, task, texts):
@@ -157,3 +173,14 @@ def test_the_task_summary_shows_the_threshold_in_use_and_where_it_comes_from(
     summary = core.summary(core.tasks["youtube-spam"])
     assert (summary.threshold, summary.threshold_source) == (0.55, "calibrated")
     assert summary.configured_threshold == 0.8
+
+
+def test_the_first_fm_answer_names_its_model_before_any_readiness_probe(tmp_path, foundation):
+    handle = HandleFoundation(FoundationHandle(foundation.backend, Settings().load_tasks()))
+    core, events = make_core(tmp_path, handle, None)
+    assert handle.ref is None  # nobody called /readyz on this replica
+    response = asyncio.run(predict_and_settle(core, "banking77", ["My card has not arrived"]))
+    (item,) = response.predictions
+    assert item.route is Route.foundation
+    assert item.served_by == foundation.ref and item.served_by.model == "smollm2-135m-instruct"
+    assert events[0].foundation.model == foundation.ref

@@ -13,6 +13,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--model-name", default="smollm2", help="the `model` clients must ask for")
+    parser.add_argument(
+        "--vllm-offsets",
+        action="store_true",
+        help="report a BOS token and vLLM's text offsets (to test clients against them)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -27,5 +32,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"OpenAI-compatible scoring at http://{args.host}:{args.port}/v1 (model {args.model_name!r})"
     )
-    uvicorn.run(build_fm_server(backend, args.model_name), host=args.host, port=args.port)
+    uvicorn.run(
+        build_fm_server(backend, args.model_name, args.vllm_offsets), host=args.host, port=args.port
+    )
     return 0

@@ -1,7 +1,9 @@
 """Foundation model behind any OpenAI-compatible completions endpoint (a vLLM server,
 a hosted API, or `protege fm-server`). Labels are scored like everywhere else: the
 log-likelihood of each label's words after the prompt, read from the legacy
-completions API with `echo=True, logprobs=0, max_tokens=0` (as lm-eval-harness does)."""
+completions API with `echo=True, logprobs=0, max_tokens=0` (as lm-eval-harness does).
+The label's tokens are found by counting from the end, never by `text_offset`:
+vLLM's offsets count a BOS token's text and are off by its length."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import httpx
 import numpy as np
 
 from protege.foundation.prompts import continuations, scored_sequences
-from protege.foundation.scoring import label_probabilities
+from protege.foundation.scoring import label_logprobs, sequence_probabilities
 from protege.schemas import ModelRef
 from protege.settings import Settings, secret_value
 from protege.taskspec import PromptSpec, TaskSpec
@@ -41,13 +43,29 @@ class OpenAIBackend:
         self, task: TaskSpec, texts: list[str], prompt: PromptSpec | None = None
     ) -> np.ndarray:
         prompt = prompt or task.prompt
-        conts = continuations(task)
+        n_labels = len(continuations(task))
         prefixes, sequences = scored_sequences(task, texts, prompt)
+        # Each prompt is echoed alone too: its token count, against its sequences',
+        # says how many tokens each label adds, whatever this endpoint's tokenizer.
+        choices = self._echo(sequences + prefixes)
+        prefix_choices = choices[len(sequences) :]
+        per_sequence = [
+            label_logprobs(
+                choice["logprobs"]["token_logprobs"],
+                len(prefix_choices[k // n_labels]["logprobs"]["token_logprobs"]),
+                len(choice["logprobs"]["token_logprobs"]),
+            )
+            for k, choice in enumerate(choices[: len(sequences)])
+        ]
+        return sequence_probabilities(per_sequence, n_labels, prompt.length_normalize)
+
+    def _echo(self, prompts: list[str]) -> list[dict]:
+        """One choice per prompt, in order, each with the log-prob of every token."""
         response = self.client.post(
             "/completions",
             json={
                 "model": self.model,
-                "prompt": sequences,
+                "prompt": prompts,
                 "max_tokens": 0,
                 "echo": True,
                 "logprobs": 0,
@@ -56,22 +74,8 @@ class OpenAIBackend:
         )
         response.raise_for_status()
         choices = sorted(response.json()["choices"], key=lambda c: c["index"])
-        if len(choices) != len(sequences):
+        if len(choices) != len(prompts):
             raise RuntimeError(
-                f"endpoint returned {len(choices)} choices for {len(sequences)} prompts"
+                f"endpoint returned {len(choices)} choices for {len(prompts)} prompts"
             )
-        loglik = np.zeros((len(texts), len(conts)), dtype=np.float32)
-        counts = np.zeros((len(texts), len(conts)), dtype=np.float32)
-        for k, choice in enumerate(choices):
-            i, j = divmod(k, len(conts))
-            logprobs = choice["logprobs"]
-            boundary = len(prefixes[i])
-            # Tokens that start at or after the prompt's end belong to the label.
-            label_lp = [
-                lp
-                for lp, offset in zip(logprobs["token_logprobs"], logprobs["text_offset"])
-                if offset >= boundary and lp is not None
-            ]
-            loglik[i, j] = sum(label_lp)
-            counts[i, j] = len(label_lp)
-        return label_probabilities(loglik, counts, prompt.length_normalize)
+        return choices

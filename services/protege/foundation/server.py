@@ -1,11 +1,18 @@
 """`protege fm-server`: the transformers backend behind a small OpenAI-compatible
 completions API, so that the `openai` backend (and any OpenAI client) can score
 with a real model on loopback. Only scoring is offered: `echo=True` with
-`max_tokens=0`, the call lm-eval-harness and Protégé make."""
+`max_tokens=0`, the call lm-eval-harness and Protégé make.
+
+With `vllm_offsets` it reports tokens as a vLLM server does for a model whose
+tokenizer adds a BOS token: the BOS first (no log-prob) and `text_offset`s that are
+running sums of the decoded tokens' lengths, so offsets no longer point into the
+prompt. Clients are tested against that; the log-probs stay the model's without a
+BOS, so that they still equal the in-process backend's."""
 
 from __future__ import annotations
 
 import time
+from itertools import accumulate
 
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,7 +31,9 @@ class CompletionRequest(BaseModel):
     temperature: float = 0.0
 
 
-def build_fm_server(backend: TransformersBackend, model_name: str) -> FastAPI:
+def build_fm_server(
+    backend: TransformersBackend, model_name: str, vllm_offsets: bool = False
+) -> FastAPI:
     app = FastAPI(title="Protégé FM server (OpenAI-compatible scoring)")
 
     @app.get("/v1/models")
@@ -44,6 +53,9 @@ def build_fm_server(backend: TransformersBackend, model_name: str) -> FastAPI:
         choices = []
         for index, prompt in enumerate(prompts):
             tokens, values, offsets = backend.token_logprobs(prompt)
+            if vllm_offsets:
+                tokens, values = [backend.tokenizer.bos_token, *tokens], [None, *values]
+                offsets = list(accumulate((len(t) for t in tokens[:-1]), initial=0))
             logprobs = (
                 {
                     "tokens": tokens,

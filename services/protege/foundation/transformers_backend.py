@@ -1,7 +1,12 @@
 """Foundation model on CPU with transformers: each label scored by the log-likelihood
-of its words after the task's prompt. The prompt is run once per text and its KV
-cache is shared by all labels, so 77 labels cost one prompt pass plus one short
-batched pass over the label tokens."""
+of its words after the task's prompt, in as few forward passes as give exact scores.
+
+The prompt pass's next-token distribution holds every label's first token, which is
+a single-token label's whole score: tasks whose labels are all one token (youtube's
+`ham`/`spam`) cost that one pass. Longer labels need their other tokens: all labels
+of a text are packed into one extra pass over the prompt's KV cache, each label's
+tokens seeing the prompt and their own earlier tokens only, so banking77's 77
+labels cost one prompt pass plus one pass over ~190 label tokens."""
 
 from __future__ import annotations
 
@@ -19,9 +24,10 @@ from protege.schemas import ModelRef
 from protege.settings import Settings
 from protege.taskspec import PromptSpec, TaskSpec
 
-# KV-cache rows x tokens held at once while scoring labels (~46 KB per token-row
-# for SmolLM2-135M): bounds memory for 77 labels x long prompts to ~0.5 GB.
-KV_BUDGET_TOKENS = 12_000
+# Label tokens scored in one packed pass, over all texts of a batch: their logits
+# take 4 bytes x the vocabulary each (~200 KB for SmolLM2), so this bounds a pass to
+# ~0.4 GB of logits and log-probs; more label tokens take more passes.
+LABEL_TOKENS_PER_PASS = 1024
 
 
 class TransformersBackend:
@@ -65,14 +71,14 @@ class TransformersBackend:
         prompt = prompt or task.prompt
         label_ids = self._tokens_of(continuations(task))
         counts = np.array([len(ids) for ids in label_ids], dtype=np.float32)
-        rows = []
-        for start in range(0, len(texts), self.max_batch):
-            prefixes = [
-                render_prompt(task, t, prompt) for t in texts[start : start + self.max_batch]
-            ]
+        prefixes = [render_prompt(task, t, prompt) for t in texts]
+        # Batches of similar length waste little on padding.
+        order = sorted(range(len(texts)), key=lambda i: len(prefixes[i]))
+        loglik = np.zeros((len(texts), len(label_ids)), np.float32)
+        for start in range(0, len(order), self.max_batch):
+            rows = order[start : start + self.max_batch]
             with self._lock:
-                rows.append(self.label_loglik(prefixes, label_ids))
-        loglik = np.concatenate(rows) if rows else np.zeros((0, len(label_ids)), np.float32)
+                loglik[rows] = self.label_loglik([prefixes[i] for i in rows], label_ids)
         return label_probabilities(loglik, counts, prompt.length_normalize)
 
     @torch.inference_mode()
@@ -81,22 +87,18 @@ class TransformersBackend:
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prefixes]
         prefix, prefix_mask = _left_padded(encoded, self._pad_id)
         positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+        single_tokens = all(len(ids) == 1 for ids in label_ids)
         out = self.model(
-            input_ids=prefix, attention_mask=prefix_mask, position_ids=positions, use_cache=True
+            input_ids=prefix,
+            attention_mask=prefix_mask,
+            position_ids=positions,
+            use_cache=not single_tokens,
         )
         first_logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # [B, V]
-        cache = _output_cache(out)
-        # Repeating the prompt cache for every label costs memory in B*C*prefix_len:
-        # score labels in chunks that keep it near KV_BUDGET_TOKENS.
-        chunk = max(1, KV_BUDGET_TOKENS // (len(encoded) * prefix.shape[1]))
-        prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]
-        columns = []
-        for start in range(0, len(label_ids), chunk):
-            for layer, (keys, values) in zip(cache.layers, prompt_kv):
-                layer.keys, layer.values = keys, values  # back to the prompt alone
-            part = label_ids[start : start + chunk]
-            columns.append(self._continuation_loglik(first_logp, cache, prefix_mask, part))
-        return np.concatenate(columns, axis=1)
+        first = first_logp[:, [ids[0] for ids in label_ids]].numpy()  # [B, C]
+        if single_tokens:  # the next-token distribution holds every whole label
+            return first
+        return first + self._rest_loglik(_output_cache(out), prefix_mask, label_ids)
 
     @torch.inference_mode()
     def token_logprobs(self, text: str) -> tuple[list[str], list[float | None], list[int]]:
@@ -113,30 +115,79 @@ class TransformersBackend:
         tokens = [self.tokenizer.decode([i]) for i in ids]
         return tokens, values, [start for start, _ in encoded["offset_mapping"]]
 
-    def _continuation_loglik(self, first_logp, cache, prefix_mask, label_ids) -> np.ndarray:
-        batch, n_labels = prefix_mask.shape[0], len(label_ids)
-        labels, label_mask = _right_padded(label_ids, self._pad_id)
-        first = first_logp[:, labels[:, 0]]  # [B, C]: log p(first label token | prefix)
-        if labels.shape[1] == 1:
-            return first.numpy()
-        cache.batch_repeat_interleave(n_labels)  # every label continues every prefix
-        inputs = labels.repeat(batch, 1)  # [B*C, L]
-        mask = torch.cat(
-            [prefix_mask.repeat_interleave(n_labels, 0), label_mask.repeat(batch, 1)], dim=1
-        )
-        start = prefix_mask.sum(-1).repeat_interleave(n_labels).unsqueeze(1)
-        label_pos = start + torch.arange(labels.shape[1]).unsqueeze(0)
-        logits = self.model(
-            input_ids=inputs,
-            attention_mask=mask,
-            position_ids=label_pos,
-            use_cache=False,
-            **{_CACHE_KWARG: cache},
-        ).logits
-        logp = torch.log_softmax(logits[:, :-1, :].float(), dim=-1)  # predicts tokens 1..L-1
-        token_logp = logp.gather(-1, inputs[:, 1:].unsqueeze(-1)).squeeze(-1)
-        token_logp = token_logp * label_mask[:, 1:].repeat(batch, 1)
-        return (first + token_logp.sum(-1).view(batch, n_labels)).numpy()
+    def _rest_loglik(self, cache, prefix_mask, label_ids) -> np.ndarray:
+        """[B, C] summed log-probs of each label's tokens after its first, from packed
+        passes over the prompt's cache (zero for one-token labels)."""
+        batch = prefix_mask.shape[0]
+        prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]
+        rest = np.zeros((batch, len(label_ids)), np.float32)
+        for group in _label_groups(label_ids, max(1, LABEL_TOKENS_PER_PASS // batch)):
+            for layer, (keys, values) in zip(cache.layers, prompt_kv):
+                layer.keys, layer.values = keys, values  # back to the prompt alone
+            inputs, targets, offsets, segment, mask = _packed(label_ids, group, prefix_mask)
+            logits = self.model(
+                input_ids=inputs.expand(batch, -1),
+                attention_mask=mask,
+                position_ids=prefix_mask.sum(-1, keepdim=True) + offsets,
+                use_cache=False,
+                **{_CACHE_KWARG: cache},
+            ).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            token_logp = logp.gather(-1, targets.expand(batch, -1).unsqueeze(-1)).squeeze(-1)
+            sums = torch.zeros((batch, len(label_ids))).index_add_(1, segment, token_logp)
+            rest += sums.numpy()
+        return rest
+
+
+def _label_groups(label_ids: list[list[int]], budget: int) -> list[list[int]]:
+    """Indexes of the multi-token labels, grouped so that each group packs at most
+    `budget` tokens (a longer label goes alone)."""
+    groups, size = [[]], 0
+    for j, ids in enumerate(label_ids):
+        n = len(ids) - 1  # the tokens a pass feeds: all but the last
+        if n == 0:
+            continue
+        if groups[-1] and size + n > budget:
+            groups.append([])
+            size = 0
+        groups[-1].append(j)
+        size += n
+    return groups
+
+
+def _packed(label_ids: list[list[int]], group: list[int], prefix_mask: torch.Tensor):
+    """One packed continuation for a group of labels: each label feeds its tokens but
+    the last and is scored on its tokens but the first.
+
+    Returns [1, T] inputs and targets, [1, T] offsets after the prompt, [T] the label
+    each token belongs to, and the [B, 1, T, P+T] additive attention mask in which a
+    label token sees the prompt's real tokens and its own label's earlier tokens."""
+    inputs, targets, offsets, segment = [], [], [], []
+    for j in group:
+        ids = label_ids[j]
+        inputs += ids[:-1]
+        targets += ids[1:]
+        offsets += range(len(ids) - 1)
+        segment += [j] * (len(ids) - 1)
+    segment_t = torch.tensor(segment)
+    offsets_t = torch.tensor(offsets)
+    own = (segment_t[:, None] == segment_t[None, :]) & (offsets_t[None, :] <= offsets_t[:, None])
+    batch, width = prefix_mask.shape
+    sees = torch.cat(
+        [
+            prefix_mask.bool()[:, None, :].expand(batch, len(segment), width),
+            own.expand(batch, -1, -1),
+        ],
+        dim=-1,
+    )
+    mask = torch.zeros(sees.shape).masked_fill_(~sees, torch.finfo(torch.float32).min)
+    return (
+        torch.tensor([inputs]),
+        torch.tensor([targets]),
+        offsets_t[None, :],
+        segment_t,
+        mask[:, None],
+    )
 
 
 def _left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,16 +198,6 @@ def _left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     for i, row in enumerate(rows):
         ids[i, width - len(row) :] = torch.tensor(row)
         mask[i, width - len(row) :] = 1
-    return ids, mask
-
-
-def _right_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
     return ids, mask
 
 

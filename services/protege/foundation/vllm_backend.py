@@ -1,6 +1,7 @@
 """Foundation model on GPU with vLLM: the same prompts and label scoring as the
 transformers backend, through vLLM's prompt log-probs. Each (prompt + label) is
-one sequence; vLLM's prefix caching computes the shared prompt once.
+one sequence; vLLM's prefix caching computes the shared prompt once. The label's
+tokens are the sequence's last ones, as many as the label adds to the prompt.
 
 vllm is imported lazily: CPU installs never need it (`pip install 'protege[gpu]'`)."""
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from protege.foundation.prompts import continuations, scored_sequences
-from protege.foundation.scoring import label_probabilities
+from protege.foundation.scoring import label_logprobs, sequence_probabilities
 from protege.schemas import ModelRef
 from protege.settings import Settings
 from protege.taskspec import PromptSpec, TaskSpec
@@ -42,19 +43,22 @@ class VLLMBackend:
         self, task: TaskSpec, texts: list[str], prompt: PromptSpec | None = None
     ) -> np.ndarray:
         prompt = prompt or task.prompt
-        conts = continuations(task)
+        n_labels = len(continuations(task))
         prefixes, sequences = scored_sequences(task, texts, prompt)
         outputs = self.llm.generate(sequences, self.params, use_tqdm=False)
-        loglik = np.zeros((len(texts), len(conts)), dtype=np.float32)
-        counts = np.zeros((len(texts), len(conts)), dtype=np.float32)
-        for k, output in enumerate(outputs):
-            i, j = divmod(k, len(conts))
-            start = len(self.tokenizer(prefixes[i], add_special_tokens=False)["input_ids"])
-            start += len(output.prompt_token_ids) - len(
-                self.tokenizer(sequences[k], add_special_tokens=False)["input_ids"]
-            )  # BOS or other special tokens the engine added in front
-            token_ids = output.prompt_token_ids[start:]
-            logprobs = output.prompt_logprobs[start:]
-            loglik[i, j] = sum(lp[tid].logprob for tid, lp in zip(token_ids, logprobs))
-            counts[i, j] = len(token_ids)
-        return label_probabilities(loglik, counts, prompt.length_normalize)
+        prefix_counts = [self._count(p) for p in prefixes]
+        per_sequence = [
+            label_logprobs(
+                [  # the engine's tokens, BOS included where it adds one
+                    None if lp is None else lp[t].logprob
+                    for t, lp in zip(output.prompt_token_ids, output.prompt_logprobs)
+                ],
+                prefix_counts[k // n_labels],
+                self._count(sequences[k]),
+            )
+            for k, output in enumerate(outputs)
+        ]
+        return sequence_probabilities(per_sequence, n_labels, prompt.length_normalize)
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -37,14 +37,20 @@ class LocalFoundation:
 
 
 class HandleFoundation:
-    """The FoundationModel deployment; each text is one call so Serve batches them."""
+    """The FoundationModel deployment; each text is one call so Serve batches them.
+
+    The model's ref is asked for with the first scores, so that the first answer
+    names the model that gave it even when no readiness probe reached this replica."""
 
     def __init__(self, handle):
         self.handle = handle
         self.ref: ModelRef | None = None
 
     async def score(self, task: TaskSpec, texts: list[str]) -> np.ndarray:
-        rows = await asyncio.gather(*(self.handle.score.remote(task.name, t) for t in texts))
+        calls = [self.handle.score.remote(task.name, t) for t in texts]
+        if self.ref is None:
+            await self.ready()
+        rows = await asyncio.gather(*calls)
         return np.asarray(rows, dtype=np.float32)
 
     async def ready(self) -> ModelRef:
