@@ -97,35 +97,44 @@ def youtube(split: str = "train", data_dir: Path = DATA_DIR) -> Dataset:
     )
 
 
-def banking77(split: str = "train", data_dir: Path = DATA_DIR) -> Dataset:
-    if split not in BANKING77_SPLITS:
-        raise ValueError(f"banking77 has splits {BANKING77_SPLITS}, not {split!r}")
-    folder = data_dir / "banking77"
-    label_names = json.loads((folder / "categories.json").read_text(encoding="utf-8"))
+def _csv_dataset(
+    task: str,
+    folder: Path,
+    split: str,
+    splits: tuple[str, ...],
+    labels_file: str,
+    label_column: str,
+) -> Dataset:
+    """A data set kept as `<split>.csv` (columns `text` and `label_column`) with its label
+    names, in order, in `labels_file`."""
+    if split not in splits:
+        raise ValueError(f"{folder.name} has splits {splits}, not {split!r}")
+    label_names = json.loads((folder / labels_file).read_text(encoding="utf-8"))
     with open(folder / f"{split}.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     return Dataset(
-        task="banking77",
+        task=task,
         split=split,
         texts=[row["text"] for row in rows],
-        labels=[row["category"] for row in rows],
+        labels=[row[label_column] for row in rows],
         label_names=list(label_names),
     )
 
 
+def banking77(split: str = "train", data_dir: Path = DATA_DIR) -> Dataset:
+    return _csv_dataset(
+        "banking77", data_dir / "banking77", split, BANKING77_SPLITS, "categories.json", "category"
+    )
+
+
 def sentiment_sentences(split: str = "train", data_dir: Path = DATA_DIR) -> Dataset:
-    if split not in SENTIMENT_SPLITS:
-        raise ValueError(f"sentiment_sentences has splits {SENTIMENT_SPLITS}, not {split!r}")
-    folder = data_dir / "sentiment_sentences"
-    label_names = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
-    with open(folder / f"{split}.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    return Dataset(
-        task="review-sentiment",
-        split=split,
-        texts=[row["text"] for row in rows],
-        labels=[row["label"] for row in rows],
-        label_names=list(label_names),
+    return _csv_dataset(
+        "review-sentiment",
+        data_dir / "sentiment_sentences",
+        split,
+        SENTIMENT_SPLITS,
+        "labels.json",
+        "label",
     )
 
 
