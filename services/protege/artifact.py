@@ -2,13 +2,19 @@
 
 A specialist lives in a folder holding `model.onnx` and `model.json`:
 
-- `model.json`: `{"task", "model", "version", "labels": [...], "threshold": float | null}`;
-  `labels` gives the order of the output columns, `threshold` the cascade
-  threshold calibrated for this model (null: use the task's).
+- `model.json`: `{"task", "model", "version", "labels": [...], "threshold": float | null,
+  "kind": "onnx" | "fm-adapter", "base_model": str | null}`; `labels` gives the order of
+  the output columns, `threshold` the cascade threshold calibrated for this model
+  (null: use the task's).
 - `model.onnx` takes either raw text (one string input, shape [N] or [N, 1]; e.g. a
   skl2onnx TF-IDF pipeline) or token ids (`input_ids` and `attention_mask`, int64
   [N, T]; a `tokenizer.json` then lies alongside). Its output named
   `probabilities` (else its last float output) is [N, C] class probabilities.
+
+A champion of kind `fm-adapter` is no ONNX graph but a LoRA adapter of the foundation
+model (`base_model` names it): PEFT's `adapter_config.json` and
+`adapter_model.safetensors` under `adapter/`, scored by the FM deployment with the
+task's prompt and label words (safetensors and JSON: still no pickle).
 
 Only ONNX and JSON are read and written here: no pickle ever reaches serving.
 `SpecialistFiles` is a specialist as bytes (a training job on another machine
@@ -33,6 +39,9 @@ MODEL_FILE = "model.onnx"
 META_FILE = "model.json"
 TOKENIZER_FILE = "tokenizer.json"
 MAX_TOKENS = 128
+ONNX_KIND = "onnx"
+ADAPTER_KIND = "fm-adapter"
+ADAPTER_DIR = "adapter"  # PEFT's save_pretrained output, inside an fm-adapter folder
 
 
 class SpecialistLoadError(RuntimeError):
@@ -46,6 +55,8 @@ class SpecialistMeta:
     version: str
     labels: list[str]
     threshold: float | None = None
+    kind: str = ONNX_KIND
+    base_model: str | None = None  # the FM an fm-adapter plugs into
 
     @classmethod
     def read(cls, folder: Path) -> SpecialistMeta:
@@ -57,6 +68,8 @@ class SpecialistMeta:
                 version=str(raw["version"]),
                 labels=[str(label) for label in raw["labels"]],
                 threshold=None if raw.get("threshold") is None else float(raw["threshold"]),
+                kind=str(raw.get("kind", ONNX_KIND)),
+                base_model=None if raw.get("base_model") is None else str(raw["base_model"]),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SpecialistLoadError(f"{folder / META_FILE}: {exc}") from exc
@@ -181,6 +194,11 @@ class SpecialistFiles:
             task=task, model=self.model, version=version, labels=list(labels), threshold=threshold
         ).write(folder)
         return folder
+
+
+def is_adapter(folder: Path | str) -> bool:
+    """Whether the folder holds an FM adapter rather than an ONNX specialist."""
+    return SpecialistMeta.read(Path(folder)).kind == ADAPTER_KIND
 
 
 def update_meta(folder: Path | str, **changes) -> SpecialistMeta:

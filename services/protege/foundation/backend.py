@@ -3,20 +3,39 @@ that imports only the backend a deployment chooses."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from protege.schemas import ModelRef
 from protege.settings import Settings
-from protege.taskspec import TaskSpec
+from protege.taskspec import PromptSpec, TaskSpec
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter of the base model, by the name it is served under (vLLM's and
+    Ray Serve LLM's adapter model name) and the folder holding PEFT's files (None
+    where the server already knows the name: the OpenAI-compatible backend)."""
+
+    name: str
+    folder: Path | None = None
 
 
 class FoundationBackend(Protocol):
     ref: ModelRef
 
-    def predict_proba(self, task: TaskSpec, texts: list[str]) -> np.ndarray:
-        """[N, C] probabilities over the task's labels, in its label order."""
+    def predict_proba(
+        self,
+        task: TaskSpec,
+        texts: list[str],
+        prompt: PromptSpec | None = None,
+        adapter: Adapter | None = None,
+    ) -> np.ndarray:
+        """[N, C] probabilities over the task's labels, in its label order, from the
+        task's prompt (or `prompt`: a prompt LF's), by the base model or `adapter`."""
         ...
 
 
