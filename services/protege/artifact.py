@@ -201,6 +201,20 @@ def is_adapter(folder: Path | str) -> bool:
     return SpecialistMeta.read(Path(folder)).kind == ADAPTER_KIND
 
 
+def adapter_name(task: str, version: str) -> str:
+    """The name an fm-adapter champion is served under (vLLM's LoRA name, the
+    OpenAI-compatible model name, `served_by`): task and registry version."""
+    return f"{task}@v{version}"
+
+
+def parse_adapter_name(name: str) -> tuple[str, str]:
+    """(task, version) of an `adapter_name`; ValueError for any other string."""
+    task, sep, version = name.rpartition("@v")
+    if not sep or not task or not version:
+        raise ValueError(f"{name!r} is not an adapter name (TASK@vVERSION)")
+    return task, version
+
+
 def update_meta(folder: Path | str, **changes) -> SpecialistMeta:
     """Rewrite fields of a folder's `model.json` (e.g. `version`, `threshold`)."""
     folder = Path(folder)
