@@ -51,3 +51,14 @@ def sequence_probabilities(
     return label_probabilities(
         loglik.reshape(-1, n_labels), counts.reshape(-1, n_labels), length_normalize
     )
+
+
+def label_log_probabilities(loglik, token_counts, length_normalize: bool):
+    """`label_probabilities` in torch, as log-probabilities and differentiable: the label
+    distribution LoRA training fits is the very one scoring reports.
+
+    `loglik` is a [N, C] tensor, `token_counts` a [C] tensor."""
+    import torch
+
+    scores = loglik / token_counts.clamp(min=1) if length_normalize else loglik
+    return torch.log_softmax(scores, dim=1)

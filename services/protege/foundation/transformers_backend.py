@@ -6,17 +6,29 @@ a single-token label's whole score: tasks whose labels are all one token (youtub
 `ham`/`spam`) cost that one pass. Longer labels need their other tokens: all labels
 of a text are packed into one extra pass over the prompt's KV cache, each label's
 tokens seeing the prompt and their own earlier tokens only, so banking77's 77
-labels cost one prompt pass plus one pass over ~190 label tokens."""
+labels cost one prompt pass plus one pass over ~190 label tokens.
+
+LoRA adapters of the model (fm-adapter specialists) are loaded on demand into one PEFT
+wrapper, the last `MAX_ADAPTERS` used kept; the base model answers with them switched
+off, exactly as before any was loaded. `label_loglik_tensor` is the differentiable
+core that scoring and LoRA training (`foundation.lora`) share."""
 
 from __future__ import annotations
 
 import inspect
+import itertools
 import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from protege.artifact import ADAPTER_DIR
+from protege.foundation.backend import Adapter
 from protege.foundation.prompts import continuations, render_prompt
 from protege.foundation.scoring import label_probabilities
 from protege.foundation.smollm import MODEL_NAME, converted_model_folder
@@ -28,6 +40,24 @@ from protege.taskspec import PromptSpec, TaskSpec
 # take 4 bytes x the vocabulary each (~200 KB for SmolLM2), so this bounds a pass to
 # ~0.4 GB of logits and log-probs; more label tokens take more passes.
 LABEL_TOKENS_PER_PASS = 1024
+# Adapters kept loaded (each ~2 MB at rank 8 on q/v): the least recently used goes first.
+MAX_ADAPTERS = 8
+TRAINING_ADAPTER = "trainee"  # PEFT's name of the adapter `new_adapter` trains
+
+
+@dataclass(frozen=True)
+class TrainableAdapter:
+    """A fresh adapter being trained in the backend's model: its parameters, and `save`
+    (PEFT's `adapter_config.json` and `adapter_model.safetensors` into a folder)."""
+
+    parameters: list[torch.nn.Parameter]
+    peft_model: object
+
+    def save(self, folder: Path) -> None:
+        self.peft_model.save_pretrained(str(folder), selected_adapters=[TRAINING_ADAPTER])
+        for path in (folder / TRAINING_ADAPTER).iterdir():  # PEFT nests non-default names
+            path.replace(folder / path.name)
+        (folder / TRAINING_ADAPTER).rmdir()
 
 
 class TransformersBackend:
@@ -43,6 +73,9 @@ class TransformersBackend:
         self.max_batch = max_batch
         self._label_tokens: dict[tuple[str, ...], list[list[int]]] = {}
         self._lock = threading.Lock()  # one forward pass at a time per process
+        self._peft = None  # the PEFT wrapper of `model`, once an adapter is used
+        self._adapters: OrderedDict[str, str] = OrderedDict()  # name -> PEFT's name, LRU
+        self._loads = itertools.count()
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     @classmethod
@@ -57,6 +90,10 @@ class TransformersBackend:
         name = folder.name if settings.fm_model else MODEL_NAME
         return cls(folder, name=name, max_batch=settings.fm_max_batch)
 
+    def label_tokens(self, task: TaskSpec) -> list[list[int]]:
+        """Each label's continuation tokens (`prompts.continuations`)."""
+        return self._tokens_of(continuations(task))
+
     def _tokens_of(self, words: list[str]) -> list[list[int]]:
         key = tuple(words)
         if key not in self._label_tokens:
@@ -66,10 +103,14 @@ class TransformersBackend:
         return self._label_tokens[key]
 
     def predict_proba(
-        self, task: TaskSpec, texts: list[str], prompt: PromptSpec | None = None
+        self,
+        task: TaskSpec,
+        texts: list[str],
+        prompt: PromptSpec | None = None,
+        adapter: Adapter | None = None,
     ) -> np.ndarray:
         prompt = prompt or task.prompt
-        label_ids = self._tokens_of(continuations(task))
+        label_ids = self.label_tokens(task)
         counts = np.array([len(ids) for ids in label_ids], dtype=np.float32)
         prefixes = [render_prompt(task, t, prompt) for t in texts]
         # Batches of similar length waste little on padding.
@@ -77,13 +118,19 @@ class TransformersBackend:
         loglik = np.zeros((len(texts), len(label_ids)), np.float32)
         for start in range(0, len(order), self.max_batch):
             rows = order[start : start + self.max_batch]
-            with self._lock:
+            with self._lock, self._scoring_with(adapter):
                 loglik[rows] = self.label_loglik([prefixes[i] for i in rows], label_ids)
         return label_probabilities(loglik, counts, prompt.length_normalize)
 
     @torch.inference_mode()
     def label_loglik(self, prefixes: list[str], label_ids: list[list[int]]) -> np.ndarray:
         """[B, C] summed log-probs of each label's tokens after each prefix."""
+        return self.label_loglik_tensor(prefixes, label_ids).numpy()
+
+    def label_loglik_tensor(self, prefixes: list[str], label_ids: list[list[int]]) -> torch.Tensor:
+        """`label_loglik` as a tensor, differentiable outside inference mode: what LoRA
+        training's loss is computed from, so that it trains exactly what scoring reads.
+        The caller holds the lock (and picks the adapter)."""
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prefixes]
         prefix, prefix_mask = _left_padded(encoded, self._pad_id)
         positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
@@ -93,9 +140,10 @@ class TransformersBackend:
             attention_mask=prefix_mask,
             position_ids=positions,
             use_cache=not single_tokens,
+            logits_to_keep=1,  # the next token's only: the vocabulary x every position is waste
         )
         first_logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # [B, V]
-        first = first_logp[:, [ids[0] for ids in label_ids]].numpy()  # [B, C]
+        first = first_logp[:, [ids[0] for ids in label_ids]]  # [B, C]
         if single_tokens:  # the next-token distribution holds every whole label
             return first
         return first + self._rest_loglik(_output_cache(out), prefix_mask, label_ids)
@@ -106,7 +154,7 @@ class TransformersBackend:
         first) and its character offset: what an OpenAI `echo` completion reports."""
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = encoded["input_ids"]
-        with self._lock:
+        with self._lock, self._scoring_with(None):
             logits = self.model(input_ids=torch.tensor([ids])).logits[0]
         logp = torch.log_softmax(logits.float(), dim=-1)
         values: list[float | None] = [None] + [
@@ -115,12 +163,74 @@ class TransformersBackend:
         tokens = [self.tokenizer.decode([i]) for i in ids]
         return tokens, values, [start for start, _ in encoded["offset_mapping"]]
 
-    def _rest_loglik(self, cache, prefix_mask, label_ids) -> np.ndarray:
+    @contextmanager
+    def _scoring_with(self, adapter: Adapter | None) -> Iterator[None]:
+        """The model answering as `adapter` (None: the base model) for the block; the
+        caller holds the lock."""
+        if adapter is None:
+            with self._peft.disable_adapter() if self._peft is not None else nullcontext():
+                yield
+            return
+        key = self._loaded(adapter)  # creates the wrapper the first time
+        self._peft.set_adapter(key)
+        yield
+
+    def _loaded(self, adapter: Adapter) -> str:
+        """PEFT's name of `adapter`, loading its weights from its folder the first time
+        (and dropping the least recently used beyond `MAX_ADAPTERS`)."""
+        if adapter.name in self._adapters:
+            self._adapters.move_to_end(adapter.name)
+            return self._adapters[adapter.name]
+        if adapter.folder is None:
+            raise ValueError(f"adapter {adapter.name!r}: the transformers backend needs its folder")
+        from peft import PeftModel
+
+        key = f"adapter{next(self._loads)}"  # served names hold dots; PEFT's may not
+        path = str(Path(adapter.folder) / ADAPTER_DIR)
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(self.model, path, adapter_name=key)
+        else:
+            self._peft.load_adapter(path, adapter_name=key)
+        self._adapters[adapter.name] = key
+        while len(self._adapters) > MAX_ADAPTERS:
+            _, old = self._adapters.popitem(last=False)
+            self._peft.delete_adapter(old)
+        return key
+
+    @contextmanager
+    def new_adapter(self, config) -> Iterator[TrainableAdapter]:
+        """A fresh LoRA adapter (a peft `LoraConfig`), active and trainable for the block,
+        under the lock; removed afterwards, leaving the model as it was."""
+        from peft import get_peft_model
+
+        with self._lock:
+            if self._peft is None:
+                self._peft = get_peft_model(self.model, config, adapter_name=TRAINING_ADAPTER)
+            else:
+                self._peft.add_adapter(TRAINING_ADAPTER, config)
+            self._peft.set_adapter(TRAINING_ADAPTER)
+            parameters = []
+            for name, parameter in self.model.named_parameters():
+                parameter.requires_grad = f".{TRAINING_ADAPTER}." in name
+                if parameter.requires_grad:
+                    parameters.append(parameter)
+            try:
+                yield TrainableAdapter(parameters, self._peft)
+            finally:
+                if self._adapters:
+                    self._peft.delete_adapter(TRAINING_ADAPTER)
+                else:  # the only adapter: take the wrapper off, back to the plain model
+                    self._peft.unload()
+                    self._peft = None
+                for parameter in self.model.parameters():
+                    parameter.requires_grad = False
+
+    def _rest_loglik(self, cache, prefix_mask, label_ids) -> torch.Tensor:
         """[B, C] summed log-probs of each label's tokens after its first, from packed
         passes over the prompt's cache (zero for one-token labels)."""
         batch = prefix_mask.shape[0]
         prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]
-        rest = np.zeros((batch, len(label_ids)), np.float32)
+        rest = torch.zeros((batch, len(label_ids)))
         for group in _label_groups(label_ids, max(1, LABEL_TOKENS_PER_PASS // batch)):
             for layer, (keys, values) in zip(cache.layers, prompt_kv):
                 layer.keys, layer.values = keys, values  # back to the prompt alone
@@ -134,8 +244,7 @@ class TransformersBackend:
             ).logits
             logp = torch.log_softmax(logits.float(), dim=-1)
             token_logp = logp.gather(-1, targets.expand(batch, -1).unsqueeze(-1)).squeeze(-1)
-            sums = torch.zeros((batch, len(label_ids))).index_add_(1, segment, token_logp)
-            rest += sums.numpy()
+            rest = rest + torch.zeros((batch, len(label_ids))).index_add(1, segment, token_logp)
         return rest
 
 
