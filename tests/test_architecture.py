@@ -29,8 +29,9 @@ ALLOWED = {
     # round (loop), its triggers and the service.
     "improver.data": BOTTOM | {"events"},
     "improver.labeling": BOTTOM | {"encoder", "foundation", "improver.data"},
-    "improver.training": BOTTOM | {"encoder", "improver.data", "improver.labeling"},
-    "improver.judge": BOTTOM | {"improver.data", "improver.labeling", "improver.training"},
+    "improver.training": BOTTOM | {"encoder", "foundation", "improver.data", "improver.labeling"},
+    "improver.judge": BOTTOM
+    | {"foundation", "improver.data", "improver.labeling", "improver.training"},
     "improver.triggers": BOTTOM | {"improver.data"},
     "improver.review": BOTTOM | {"improver.data", "improver.labeling"},
     "improver.api": BOTTOM | {"improver.data", "improver.labeling", "improver.review"},

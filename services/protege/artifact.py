@@ -14,7 +14,9 @@ A specialist lives in a folder holding `model.onnx` and `model.json`:
 A champion of kind `fm-adapter` is no ONNX graph but a LoRA adapter of the foundation
 model (`base_model` names it): PEFT's `adapter_config.json` and
 `adapter_model.safetensors` under `adapter/`, scored by the FM deployment with the
-task's prompt and label words (safetensors and JSON: still no pickle).
+task's prompt and label words (safetensors and JSON: still no pickle). Its training job
+also answers the texts it was given (the exam's and calibration set's), in
+`answers.json`, since the improver runs no FM to score a candidate itself.
 
 Only ONNX and JSON are read and written here: no pickle ever reaches serving.
 `SpecialistFiles` is a specialist as bytes (a training job on another machine
@@ -24,6 +26,7 @@ the improver's evaluation alike, so that what is measured is what serves.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -42,6 +45,7 @@ MAX_TOKENS = 128
 ONNX_KIND = "onnx"
 ADAPTER_KIND = "fm-adapter"
 ADAPTER_DIR = "adapter"  # PEFT's save_pretrained output, inside an fm-adapter folder
+ANSWERS_FILE = "answers.json"  # an fm-adapter candidate's answers: text key -> probabilities
 
 
 class SpecialistLoadError(RuntimeError):
@@ -168,12 +172,21 @@ class Specialist:
 
 @dataclass(frozen=True)
 class SpecialistFiles:
-    """A specialist as bytes: its family name, the ONNX graph and any files alongside."""
+    """A specialist as bytes: its family name, the ONNX graph (None for an fm-adapter)
+    and any files alongside (names may hold a folder: `adapter/adapter_config.json`)."""
 
     model: str
-    onnx: bytes
+    onnx: bytes | None
     extra: dict[str, bytes] = field(default_factory=dict)
     params: dict[str, object] = field(default_factory=dict)  # what training chose, for the run
+    kind: str = ONNX_KIND
+    base_model: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.onnx is None) != (self.kind == ADAPTER_KIND):
+            raise ValueError(
+                f"a {self.kind} specialist {'needs' if self.onnx is None else 'has no'} ONNX graph"
+            )
 
     def write(
         self,
@@ -187,11 +200,19 @@ class SpecialistFiles:
         """Write `model.onnx`, `model.json` and the extra files; returns the folder."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / MODEL_FILE, self.onnx)
+        if self.onnx is not None:
+            _atomic_write(folder / MODEL_FILE, self.onnx)
         for name, data in self.extra.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
             _atomic_write(folder / name, data)
         SpecialistMeta(
-            task=task, model=self.model, version=version, labels=list(labels), threshold=threshold
+            task=task,
+            model=self.model,
+            version=version,
+            labels=list(labels),
+            threshold=threshold,
+            kind=self.kind,
+            base_model=self.base_model,
         ).write(folder)
         return folder
 
@@ -213,6 +234,35 @@ def parse_adapter_name(name: str) -> tuple[str, str]:
     if not sep or not task or not version:
         raise ValueError(f"{name!r} is not an adapter name (TASK@vVERSION)")
     return task, version
+
+
+def answer_key(text: str) -> str:
+    """A text's key in `answers.json`: sha256 of its whitespace-normalized form (the
+    example store's text hash)."""
+    return hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()
+
+
+def answers_json(labels: list[str], texts: list[str], probabilities: np.ndarray) -> bytes:
+    """`answers.json`: the label order and each text's [C] probabilities by its key."""
+    answers = {answer_key(t): [float(p) for p in row] for t, row in zip(texts, probabilities)}
+    return json.dumps({"labels": list(labels), "answers": answers}).encode("utf-8")
+
+
+def read_answers(folder: Path | str, texts: list[str], labels: list[str]) -> np.ndarray:
+    """[N, C] an fm-adapter's recorded answers on `texts`, columns in `labels` order;
+    SpecialistLoadError when the file is missing or lacks some of the texts."""
+    path = Path(folder) / ANSWERS_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        columns = [raw["labels"].index(label) for label in labels]
+        answers = raw["answers"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SpecialistLoadError(f"{path}: {exc}") from exc
+    missing = sum(1 for t in texts if answer_key(t) not in answers)
+    if missing:
+        raise SpecialistLoadError(f"{path}: no answer for {missing} of {len(texts)} texts")
+    probs = np.array([answers[answer_key(t)] for t in texts], dtype=np.float32)
+    return probs.reshape(len(texts), -1)[:, columns] if texts else probs.reshape(0, len(labels))
 
 
 def update_meta(folder: Path | str, **changes) -> SpecialistMeta:

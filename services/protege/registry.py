@@ -223,7 +223,9 @@ class Registry:
                 if label_model
                 else None
             )
-            all_params = {**(params or {}), "model": meta.model}
+            all_params = {**(params or {}), "model": meta.model, "kind": meta.kind}
+            if meta.base_model:  # an fm-adapter: the FM it plugs into
+                all_params["base_model"] = meta.base_model
             if label_model_name:
                 all_params["label_model"] = label_model_name
             self.client.log_batch(

@@ -194,8 +194,23 @@ class TransformersBackend:
         self._adapters[adapter.name] = key
         while len(self._adapters) > MAX_ADAPTERS:
             _, old = self._adapters.popitem(last=False)
-            self._peft.delete_adapter(old)
+            self._drop(old)
         return key
+
+    def forget(self, name: str) -> None:
+        """Unload the adapter served as `name`, if loaded: its folder's weights changed."""
+        with self._lock:
+            key = self._adapters.pop(name, None)
+            if key is not None:
+                self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        """Delete one adapter; the last one takes the wrapper off, back to the plain model."""
+        if len(self._peft.peft_config) > 1:
+            self._peft.delete_adapter(key)
+        else:
+            self._peft.unload()
+            self._peft = None
 
     @contextmanager
     def new_adapter(self, config) -> Iterator[TrainableAdapter]:
@@ -217,11 +232,7 @@ class TransformersBackend:
             try:
                 yield TrainableAdapter(parameters, self._peft)
             finally:
-                if self._adapters:
-                    self._peft.delete_adapter(TRAINING_ADAPTER)
-                else:  # the only adapter: take the wrapper off, back to the plain model
-                    self._peft.unload()
-                    self._peft = None
+                self._drop(TRAINING_ADAPTER)
                 for parameter in self.model.parameters():
                     parameter.requires_grad = False
 

@@ -189,8 +189,22 @@ def family_validation(task: TaskSpec, examples: Examples) -> tuple[list, list] |
     return [g.text for g in gold], [g.label for g in gold]
 
 
+def lora_inputs(task: TaskSpec, exam: Exam) -> dict:
+    """What the `lora` family's job needs besides the data, when the task lists it: the
+    task (prompt, label words) and the texts to answer (exam and calibration), since
+    only the job can run its adapter."""
+    if "lora" not in task.training.families:
+        return {}
+    calibration = exam.calibration.texts if exam.calibration else []
+    return {"task_spec": task, "answer_texts": [*exam.texts, *calibration]}
+
+
 def reviews_only_model(
-    task: TaskSpec, labeled: LabeledData, family: str, trainer: Trainer | None = None
+    task: TaskSpec,
+    labeled: LabeledData,
+    family: str,
+    trainer: Trainer | None = None,
+    **lora: object,
 ) -> tuple[Candidate | None, str | None]:
     """(model, why not): `family` trained on the train bucket's gold alone (reviews and
     imported labels, no LFs, no FM): what the reviews would buy without the loop."""
@@ -206,7 +220,10 @@ def reviews_only_model(
         return trainer(spec, data), None
     # One family: nothing to choose between, so its own rows stand in for validation.
     validation = (data.texts, data.targets.argmax(axis=1))
-    return train_specialist(task.name, data, spec.training, validation, progress=False), None
+    return (
+        train_specialist(task.name, data, spec.training, validation, progress=False, **lora),
+        None,
+    )
 
 
 def fetch_champion(registry: Registry, task: TaskSpec) -> Champion | None:
@@ -393,11 +410,14 @@ def run_round(
                 validation=family_validation(task, examples),
                 use_ray=use_ray,
                 progress=progress,
+                **lora_inputs(task, exam),
             )
         else:
             candidate = trainer(task, train)
         report.family = candidate.family
-        baseline, why_not = reviews_only_model(task, labeled, candidate.family, trainer)
+        baseline, why_not = reviews_only_model(
+            task, labeled, candidate.family, trainer, **lora_inputs(task, exam)
+        )
         lfs = lf_report(labeled)
         use = exam_use(store, task, exam.texts)
         with tempfile.TemporaryDirectory(prefix=f"protege-{task.name}-") as tmp:
@@ -411,6 +431,8 @@ def run_round(
                 reviews_only=baseline.write(Path(tmp) / "reviews-only") if baseline else None,
                 reviews_only_problem=why_not,
                 use=use,
+                # An fm-adapter champion is asked through a ready FM, never one built here.
+                fm=backend if hasattr(backend, "predict_proba") else None,
             )
             if ledger.state(task.name).holder != holder:
                 raise LeaseLost(f"{task.name}: the round's lease is no longer {holder}'s")

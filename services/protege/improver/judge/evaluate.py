@@ -144,11 +144,16 @@ def evaluate_specialist(
     latency_samples: int = LATENCY_SAMPLES,
     batch_size: int = 256,
 ) -> Evaluation:
-    """Load the folder as serving does and score it on gold data.
+    """Load the folder as serving does and score it on gold data. An fm-adapter
+    candidate is scored from the answers its training job recorded (`answers.json`),
+    its latency not measured: the FM deployment serves it, not this process.
 
-    Raises `SpecialistLoadError` when the folder cannot serve."""
-    from protege.artifact import Specialist
+    Raises `SpecialistLoadError` when the folder cannot serve (or lacks answers)."""
+    from protege.artifact import Specialist, is_adapter, read_answers
 
+    if is_adapter(folder):
+        probs = read_answers(folder, list(texts), list(labels))
+        return Evaluation(score(probs, gold, labels), probs)
     specialist = Specialist(folder, list(labels))
     texts = list(texts)
     parts = [

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from protege.artifact import SpecialistLoadError
+from protege.artifact import SpecialistLoadError, adapter_name, is_adapter
+from protege.foundation.backend import Adapter
 from protege.improver.judge.calibrate import CascadeCalibration, calibrate_threshold
 from protege.improver.judge.evaluate import (
     Evaluation,
@@ -168,21 +169,39 @@ class Judgement:
 
 
 def evaluate_champion(
-    champion: Champion | None, task: TaskSpec, texts: list[str], gold: np.ndarray
+    champion: Champion | None, task: TaskSpec, texts: list[str], gold: np.ndarray, fm=None
 ) -> tuple[Evaluation | None, str | None]:
     """(evaluation, problem). A champion that cannot load is no obstacle: the candidate
-    then has to beat the trivial answers, as a first candidate does."""
+    then has to beat the trivial answers, as a first candidate does. An fm-adapter
+    champion is asked through `fm` (a foundation backend, e.g. the FM deployment's
+    client) by its served name; without one it cannot be evaluated."""
     if champion is None:
         return None, None
     if champion.folder is None:
         return None, champion.problem
     try:
+        if is_adapter(champion.folder):
+            return evaluate_adapter(champion, task, texts, gold, fm)
         return evaluate_specialist(champion.folder, texts, gold, task.label_names), None
     except (SpecialistLoadError, OSError) as exc:
         log.warning(
             "%s: champion version %s cannot be evaluated: %s", task.name, champion.version, exc
         )
         return None, f"champion version {champion.version} cannot be evaluated: {exc}"
+
+
+def evaluate_adapter(
+    champion: Champion, task: TaskSpec, texts: list[str], gold: np.ndarray, fm
+) -> tuple[Evaluation | None, str | None]:
+    """An fm-adapter champion's answers from the FM with its adapter (latency not
+    measured: the FM's, not a specialist's)."""
+    if fm is None:
+        return None, (
+            f"champion version {champion.version} is an FM adapter and no FM was given to score it"
+        )
+    adapter = Adapter(adapter_name(task.name, champion.version), champion.folder)
+    probs = fm.predict_proba(task, list(texts), adapter=adapter)
+    return Evaluation(score(probs, gold, task.label_names), probs), None
 
 
 def majority_answer(task: TaskSpec, gold: np.ndarray) -> tuple[str, Metrics, Rival]:
@@ -234,17 +253,20 @@ def judge(
     reviews_only: Path | None = None,
     reviews_only_problem: str | None = None,
     use: ExamUse | None = None,
+    fm=None,
 ) -> Judgement:
     """Evaluate, calibrate and gate the candidate in `candidate_folder` on `exam`.
 
     `reviews_only` is the folder of the round's reviews-only model (or
     `reviews_only_problem` says why there is none); `use` places the decision in its
-    exam generation's significance budget (default: the full `gate.significance`)."""
+    exam generation's significance budget (default: the full `gate.significance`);
+    `fm` scores an fm-adapter champion (None: such a champion is not evaluated, and
+    the judgement says why)."""
     labels = task.label_names
     gold = label_indices(labels, exam.labels)
     notes: list[str] = []
     candidate = evaluate_specialist(candidate_folder, exam.texts, gold, labels)
-    champ, problem = evaluate_champion(champion, task, exam.texts, gold)
+    champ, problem = evaluate_champion(champion, task, exam.texts, gold, fm)
 
     majority_label, majority, majority_rival = majority_answer(task, gold)
     baselines = [majority_rival]

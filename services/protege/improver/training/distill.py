@@ -1,7 +1,9 @@
 """Distill: train each configured family, keep the better on validation.
 
 Validation scores come from the exported ONNX loaded by the serving class, so a
-family whose export misbehaves loses here rather than in production.
+family whose export misbehaves loses here rather than in production; an fm-adapter
+(the `lora` family) is scored by the FM with the adapter loaded, in the job, and its
+answers recorded in the candidate.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from protege.artifact import Specialist, SpecialistFiles
-from protege.improver.training import minilm, minilm_ft, tfidf
+from protege.artifact import ADAPTER_KIND, Specialist, SpecialistFiles, read_answers
+from protege.improver.training import lora, minilm, minilm_ft, tfidf
 from protege.improver.training.dataset import TrainingSet, label_indices
-from protege.taskspec import TrainingSpec
+from protege.taskspec import TaskSpec, TrainingSpec
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"tfidf": tfidf, "minilm": minilm, "minilm-ft": minilm_ft}
+FAMILIES = {"tfidf": tfidf, "minilm": minilm, "minilm-ft": minilm_ft, "lora": lora}
 CANDIDATE_VERSION = "candidate"  # until the registry assigns one
 # Below this many gold rows the hold-out is drawn from all rows (soft labels' argmax).
 MIN_GOLD_FOR_VALIDATION = 200
@@ -61,9 +63,12 @@ def validation_accuracy(
     gold: np.ndarray,
     batch_size: int = 256,
 ) -> float:
-    """Accuracy of the exported model, loaded as serving loads it."""
+    """Accuracy of the exported model, loaded as serving loads it (an fm-adapter: its
+    recorded answers, which its job computed with the adapter loaded)."""
     with tempfile.TemporaryDirectory(prefix="protege-val-") as tmp:
         folder = files.write(tmp, task="validation", labels=labels, version=CANDIDATE_VERSION)
+        if files.kind == ADAPTER_KIND:
+            return float(np.mean(read_answers(folder, list(texts), labels).argmax(axis=1) == gold))
         specialist = Specialist(folder, labels)
         predicted = np.concatenate(
             [
@@ -81,13 +86,16 @@ def train_specialist(
     validation: Validation | None = None,
     *,
     progress: bool = True,
+    task_spec: TaskSpec | None = None,
+    answer_texts: Sequence[str] = (),
 ) -> Candidate:
     """Train every family in `spec.families` and return the better on validation.
 
     `validation` is (texts, gold labels); without it a stratified
     `spec.validation_fraction` of `train` is held out (of its gold rows when it has
     `MIN_GOLD_FOR_VALIDATION`). Ties go to the earlier family in the list (list the
-    cheaper first)."""
+    cheaper first). The `lora` family needs `task_spec` (its prompt and label words)
+    and answers `answer_texts` (the exam's and calibration set's) besides validation."""
     from tqdm.auto import tqdm
 
     labels = list(train.labels)
@@ -107,7 +115,18 @@ def train_specialist(
     best_family = ""
     for family in tqdm(spec.families, desc=f"{task}: families", disable=not progress):
         start = time.perf_counter()
-        files = FAMILIES[family].train(train, spec, progress=progress)
+        if family == "lora":
+            if task_spec is None:
+                raise ValueError(f"{task}: the lora family needs the task spec")
+            files = lora.train(
+                train,
+                spec,
+                progress,
+                task=task_spec,
+                answer_texts=[*answer_texts, *val_texts],
+            )
+        else:
+            files = FAMILIES[family].train(train, spec, progress=progress)
         seconds[family] = time.perf_counter() - start
         accuracy[family] = validation_accuracy(files, labels, val_texts, val_gold)
         log.info(
