@@ -1,0 +1,139 @@
+"""The `lora` family end to end on the real SmolLM2: a LoRA adapter trained on youtube
+comments through the task's prompt, saved as an fm-adapter candidate with its answers,
+scored by the transformers backend with the adapter loaded, and judged from its answers.
+
+Small on purpose (CPU): 32 short comments, 12 steps of 4; one training for the module."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from protege import datasets
+from protege.artifact import (
+    ADAPTER_DIR,
+    ADAPTER_KIND,
+    SpecialistLoadError,
+    SpecialistMeta,
+    read_answers,
+)
+from protege.foundation.backend import Adapter
+from protege.improver.judge.exam import Exam, FoundationAnswers
+from protege.improver.judge.judgement import Champion, judge
+from protege.improver.training import lora
+from protege.improver.training.dataset import TrainingSet
+from protege.improver.training.distill import train_specialist
+from protege.settings import Settings
+from protege.taskspec import LoraSpec, TrainingSpec
+
+PER_LABEL = 16
+SPEC = TrainingSpec(families=["lora"], lora=LoraSpec(steps=12, batch_size=4, lr=3e-3))
+
+
+@pytest.fixture(scope="module")
+def task():
+    return Settings().load_tasks()["youtube-spam"]
+
+
+@pytest.fixture(scope="module")
+def backend():
+    """The family's own process-wide FM: what the job trains and answers with."""
+    return lora.foundation()
+
+
+@pytest.fixture(scope="module")
+def data(task) -> TrainingSet:
+    """The shortest comments of each label (cheap passes), gold as targets."""
+    train = datasets.load("youtube-spam", "train")
+    texts, labels = [], []
+    for label in task.label_names:
+        rows = [i for i, y in enumerate(train.labels) if y == label]
+        rows.sort(key=lambda i: len(train.texts[i]))
+        texts += [train.texts[i] for i in rows[:PER_LABEL]]
+        labels += [label] * PER_LABEL
+    return TrainingSet.from_gold(task.label_names, texts, labels)
+
+
+@pytest.fixture(scope="module")
+def zero_shot(backend, task, data) -> np.ndarray:
+    """The base model's answers on the training texts, before any adapter is loaded."""
+    return backend.predict_proba(task, data.texts)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, task, data, zero_shot):
+    """The candidate folder that training writes (answers on the training texts)."""
+    candidate = train_specialist(
+        task.name,
+        data,
+        SPEC,
+        (data.texts[:8], data.targets[:8].argmax(axis=1)),
+        progress=False,
+        task_spec=task,
+        answer_texts=data.texts,
+    )
+    assert candidate.family == "lora"
+    return candidate.write(tmp_path_factory.mktemp("lora") / "candidate", version="1")
+
+
+@pytest.fixture(scope="module")
+def tuned(backend, task, data, folder) -> np.ndarray:
+    return backend.predict_proba(task, data.texts, adapter=Adapter("youtube-spam@v1", folder))
+
+
+def soft_cross_entropy(probs: np.ndarray, targets: np.ndarray) -> float:
+    return float(-(targets * np.log(np.clip(probs, 1e-9, None))).sum(axis=1).mean())
+
+
+def test_candidate_folder_is_an_fm_adapter_with_trained_weights(folder, backend):
+    meta = SpecialistMeta.read(folder)
+    assert meta.kind == ADAPTER_KIND and meta.base_model == backend.ref.model
+    assert json.loads((folder / ADAPTER_DIR / "adapter_config.json").read_text())["r"] == 8
+    weights = load_file(folder / ADAPTER_DIR / "adapter_model.safetensors")
+    up = [w for name, w in weights.items() if "lora_B" in name]
+    # PEFT starts lora_B at zero (the adapter a no-op): training moved every one.
+    assert up and all(np.abs(w).max() > 0 for w in up)
+    assert not (folder / "model.onnx").exists()
+
+
+def test_training_fits_the_targets_better_than_zero_shot(data, zero_shot, tuned):
+    gold = data.targets.argmax(axis=1)
+    assert soft_cross_entropy(tuned, data.targets) < soft_cross_entropy(zero_shot, data.targets)
+    assert np.mean(tuned.argmax(1) == gold) > np.mean(zero_shot.argmax(1) == gold)
+
+
+def test_recorded_answers_are_the_adapters_scores(folder, task, data, tuned):
+    recorded = read_answers(folder, data.texts, task.label_names)
+    np.testing.assert_allclose(recorded, tuned, atol=1e-4)
+    with pytest.raises(SpecialistLoadError, match="no answer for 1 of 1"):
+        read_answers(folder, ["a comment nobody asked about"], task.label_names)
+
+
+def test_base_model_answers_are_unchanged_once_an_adapter_is_loaded(
+    backend, task, data, zero_shot, tuned
+):
+    assert np.abs(tuned - zero_shot).max() > 0.1
+    np.testing.assert_allclose(backend.predict_proba(task, data.texts), zero_shot, atol=1e-5)
+
+
+def test_fm_adapter_candidate_is_judged_from_its_answers_and_a_champion_through_the_fm(
+    folder, backend, task, data, tuned
+):
+    rows = np.arange(0, len(data), 2)  # both labels, half the texts: the exam
+    texts = [data.texts[i] for i in rows]
+    labels = [task.label_names[i] for i in data.targets[rows].argmax(axis=1)]
+    none = FoundationAnswers(np.zeros((0, 2)), np.zeros(0, np.int64), 0, 0, 0, len(texts))
+    exam = Exam(texts, labels, none)
+    accuracy = float(np.mean(tuned[rows].argmax(1) == data.targets[rows].argmax(1)))
+
+    without_fm = judge(task, folder, exam, Champion("1", folder))
+    assert without_fm.candidate.metrics.accuracy == pytest.approx(accuracy)
+    assert without_fm.candidate.metrics.p50_latency_ms is None  # the FM's, not measured here
+    assert without_fm.champion is None and "no FM was given" in without_fm.champion_problem
+
+    with_fm = judge(task, folder, exam, Champion("1", folder), fm=backend)
+    assert with_fm.champion_problem is None
+    np.testing.assert_allclose(with_fm.champion.probabilities, tuned[rows], atol=1e-4)
