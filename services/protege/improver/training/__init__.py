@@ -5,6 +5,8 @@ One module per specialist family, each `train(data, spec, progress) -> Specialis
 - `tfidf`: TF-IDF word and char n-grams + logistic regression (skl2onnx);
 - `minilm`: all-MiniLM-L6-v2 mean-pooled + a linear head (torch.onnx.export).
 - `minilm_ft` (`minilm-ft`): the same, the encoder fine-tuned end to end (LP-FT).
+- `lora`: a LoRA adapter of the foundation model (an fm-adapter, no ONNX), which
+  answers the exam and calibration texts in its own job.
 
 `distill.train_specialist` trains the configured families and keeps the better on
 validation; `export` turns models into ONNX graphs; `jobs` runs training in-process or
