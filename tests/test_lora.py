@@ -80,8 +80,12 @@ def folder(tmp_path_factory, task, data, zero_shot):
 
 
 @pytest.fixture(scope="module")
-def tuned(backend, task, data, folder) -> np.ndarray:
-    return backend.predict_proba(task, data.texts, adapter=Adapter("youtube-spam@v1", folder))
+def tuned(folder, task, data) -> np.ndarray:
+    """The adapter's answers on the training texts, as its job recorded them."""
+    return read_answers(folder, data.texts, task.label_names)
+
+
+CHECKED = slice(0, 2 * PER_LABEL, 4)  # texts re-scored here: both labels, a quarter of them
 
 
 def soft_cross_entropy(probs: np.ndarray, targets: np.ndarray) -> float:
@@ -105,24 +109,27 @@ def test_training_fits_the_targets_better_than_zero_shot(data, zero_shot, tuned)
     assert np.mean(tuned.argmax(1) == gold) > np.mean(zero_shot.argmax(1) == gold)
 
 
-def test_recorded_answers_are_the_adapters_scores(folder, task, data, tuned):
-    recorded = read_answers(folder, data.texts, task.label_names)
-    np.testing.assert_allclose(recorded, tuned, atol=1e-4)
+def test_the_backend_scores_with_the_adapter_from_its_folder(backend, folder, task, data, tuned):
+    texts = data.texts[CHECKED]
+    scored = backend.predict_proba(task, texts, adapter=Adapter("youtube-spam@v1", folder))
+    np.testing.assert_allclose(scored, tuned[CHECKED], atol=1e-4)  # the job's answers
     with pytest.raises(SpecialistLoadError, match="no answer for 1 of 1"):
         read_answers(folder, ["a comment nobody asked about"], task.label_names)
 
 
 def test_base_model_answers_are_unchanged_once_an_adapter_is_loaded(
-    backend, task, data, zero_shot, tuned
+    backend, folder, task, data, zero_shot, tuned
 ):
+    backend.predict_proba(task, data.texts[:1], adapter=Adapter("youtube-spam@v1", folder))
     assert np.abs(tuned - zero_shot).max() > 0.1
-    np.testing.assert_allclose(backend.predict_proba(task, data.texts), zero_shot, atol=1e-5)
+    base = backend.predict_proba(task, data.texts[CHECKED])
+    np.testing.assert_allclose(base, zero_shot[CHECKED], atol=1e-5)
 
 
 def test_fm_adapter_candidate_is_judged_from_its_answers_and_a_champion_through_the_fm(
     folder, backend, task, data, tuned
 ):
-    rows = np.arange(0, len(data), 2)  # both labels, half the texts: the exam
+    rows = np.arange(len(data))[CHECKED]  # the exam
     texts = [data.texts[i] for i in rows]
     labels = [task.label_names[i] for i in data.targets[rows].argmax(axis=1)]
     none = FoundationAnswers(np.zeros((0, 2)), np.zeros(0, np.int64), 0, 0, 0, len(texts))
