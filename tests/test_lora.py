@@ -10,22 +10,27 @@ import json
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from safetensors.numpy import load_file
 
 from protege import datasets
 from protege.artifact import (
     ADAPTER_DIR,
     ADAPTER_KIND,
+    SpecialistFiles,
     SpecialistLoadError,
     SpecialistMeta,
+    is_adapter,
     read_answers,
 )
 from protege.foundation.backend import Adapter
 from protege.improver.judge.exam import Exam, FoundationAnswers
 from protege.improver.judge.judgement import Champion, judge
+from protege.improver.loop import lora_inputs
 from protege.improver.training import lora
 from protege.improver.training.dataset import TrainingSet
 from protege.improver.training.distill import train_specialist
+from protege.registry import Registry
 from protege.settings import Settings
 from protege.taskspec import LoraSpec, TrainingSpec
 
@@ -144,3 +149,44 @@ def test_fm_adapter_candidate_is_judged_from_its_answers_and_a_champion_through_
     with_fm = judge(task, folder, exam, Champion("1", folder), fm=backend)
     assert with_fm.champion_problem is None
     np.testing.assert_allclose(with_fm.champion.probabilities, tuned[rows], atol=1e-4)
+
+
+def test_the_registry_keeps_the_adapter_folder_and_records_its_base_model(folder, tmp_path):
+    registry = Registry(
+        f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri(), tmp_path / "cache"
+    )
+    version = registry.log_candidate("youtube-spam", folder, params={"families": "lora"})
+    run = registry.client.get_run(
+        registry.client.get_model_version(registry.registered_name("youtube-spam"), version).run_id
+    )
+    assert run.data.params["base_model"] == SpecialistMeta.read(folder).base_model
+    assert run.data.params["kind"] == ADAPTER_KIND
+    copy = registry.download("youtube-spam", version=version)
+    assert is_adapter(copy) and SpecialistMeta.read(copy).version == version
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (copy / ADAPTER_DIR / name).read_bytes() == (
+            folder / ADAPTER_DIR / name
+        ).read_bytes()
+
+
+def test_an_adapter_carries_no_onnx_graph_and_an_onnx_specialist_needs_one():
+    with pytest.raises(ValueError, match="needs"):
+        SpecialistFiles(model="tfidf-lr", onnx=None)
+    with pytest.raises(ValueError, match="has no"):
+        SpecialistFiles(model="x-lora", onnx=b"graph", kind=ADAPTER_KIND)
+
+
+def test_the_lora_block_of_a_task_and_what_a_round_hands_its_job(task):
+    spec = TrainingSpec.model_validate(
+        {"families": ["tfidf", "lora"], "lora": {"steps": 5, "rank": 4}}
+    )
+    assert spec.lora == LoraSpec(steps=5, rank=4) and spec.lora.batch_size == 8
+    with pytest.raises(ValidationError, match="alpha"):
+        TrainingSpec.model_validate({"lora": {"alpha": 3}})
+    none = FoundationAnswers(np.zeros((0, 2)), np.zeros(0, np.int64), 0, 0, 0, 1)
+    exam = Exam(["e"], ["HAM"], none, calibration=Exam(["c"], ["SPAM"], none))
+    assert lora_inputs(task, exam) == {}
+    with_lora = task.model_copy(
+        update={"training": task.training.model_copy(update={"families": ["tfidf", "lora"]})}
+    )
+    assert lora_inputs(with_lora, exam) == {"task_spec": with_lora, "answer_texts": ["e", "c"]}
