@@ -24,6 +24,8 @@ from protege.artifact import (
     read_answers,
 )
 from protege.foundation.backend import Adapter
+from protege.foundation.lora import train_adapter
+from protege.foundation.transformers_backend import MAX_ADAPTERS
 from protege.improver.judge.exam import Exam, FoundationAnswers
 from protege.improver.judge.judgement import Champion, judge
 from protege.improver.loop import lora_inputs
@@ -41,6 +43,13 @@ SPEC = TrainingSpec(families=["lora"], lora=LoraSpec(steps=12, batch_size=4, lr=
 @pytest.fixture(scope="module")
 def task():
     return Settings().load_tasks()["youtube-spam"]
+
+
+@pytest.fixture(scope="module")
+def intents():
+    """Six banking77 intents, of one to six tokens."""
+    task = Settings().load_tasks()["banking77"]
+    return task.model_copy(update={"labels": [task.labels[i] for i in (0, 9, 15, 40, 60, 76)]})
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +199,25 @@ def test_the_lora_block_of_a_task_and_what_a_round_hands_its_job(task):
         update={"training": task.training.model_copy(update={"families": ["tfidf", "lora"]})}
     )
     assert lora_inputs(with_lora, exam) == {"task_spec": with_lora, "answer_texts": ["e", "c"]}
+
+
+def test_multi_token_labels_train_through_the_packed_label_pass(backend, intents):
+    """banking77's intents are 2-6 tokens: their later tokens come from the packed pass
+    over the prompt's cache, which the loss must reach too."""
+    assert max(len(ids) for ids in backend.label_tokens(intents)) > 1
+    trained = train_adapter(
+        backend,
+        intents,
+        ["my card has not arrived yet", "I want a refund"],
+        np.eye(len(intents.labels))[[1, 2]],
+        spec=LoraSpec(steps=3, batch_size=2, lr=1e-2),
+    )
+    assert trained.losses[-1] < 0.5 * trained.losses[0]
+
+
+def test_loaded_adapters_are_bounded_least_recently_used_first(backend, task, folder):
+    names = [f"youtube-spam@v{k}" for k in range(MAX_ADAPTERS + 1)]
+    answers = [backend.predict_proba(task, ["nice"], adapter=Adapter(n, folder)) for n in names]
+    assert list(backend._adapters) == names[1:]  # the first, least recent, was dropped
+    again = backend.predict_proba(task, ["nice"], adapter=Adapter(names[0], folder))
+    np.testing.assert_allclose(again, answers[0], atol=1e-6)  # loaded again, the same

@@ -10,7 +10,7 @@ labels cost one prompt pass plus one pass over ~190 label tokens.
 
 LoRA adapters of the model (fm-adapter specialists) are loaded on demand into one PEFT
 wrapper, the last `MAX_ADAPTERS` used kept; the base model answers with them switched
-off, exactly as before any was loaded. `label_loglik_tensor` is the differentiable
+off, as before any was loaded (to float rounding). `label_loglik_tensor` is the differentiable
 core that scoring and LoRA training (`foundation.lora`) share."""
 
 from __future__ import annotations
