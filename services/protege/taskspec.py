@@ -380,11 +380,12 @@ class GateSpec(StrictModel):
 class TrainingSpec(StrictModel):
     """Specialist families to distill into (the better on validation is kept) and their knobs."""
 
-    families: list[Literal["tfidf", "minilm", "minilm-ft"]] = Field(
+    families: list[Literal["tfidf", "minilm", "minilm-ft", "minilm-setfit"]] = Field(
         default_factory=lambda: ["tfidf", "minilm"],
         min_length=1,
         description="tfidf, minilm (frozen encoder + head), minilm-ft (the encoder fine-tuned "
-        "too; ~10x minilm's training time on CPU, so opt in).",
+        "too; ~10x minilm's training time on CPU, so opt in), minilm-setfit (the encoder "
+        "tuned contrastively on pairs, then minilm's head; opt in too).",
     )
     seed: int = 0
     num_gpus: float = Field(
@@ -413,6 +414,12 @@ class TrainingSpec(StrictModel):
         default=1e-3,
         gt=0.0,
         description="minilm-ft: the head's learning rate (it starts from the frozen-feature fit).",
+    )
+    setfit_pairs_per_text: int = Field(
+        default=4, gt=0, description="minilm-setfit: pairs each text takes part in."
+    )
+    setfit_max_pairs: int = Field(
+        default=4000, gt=0, description="minilm-setfit: most pairs per round (CPU time)."
     )
     tfidf_c: float = Field(
         default=10.0, gt=0.0, description="Inverse L2 strength of the TF-IDF logistic regression."

@@ -4,7 +4,9 @@ One module per specialist family, each `train(data, spec, progress) -> Specialis
 
 - `tfidf`: TF-IDF word and char n-grams + logistic regression (skl2onnx);
 - `minilm`: all-MiniLM-L6-v2 mean-pooled + a linear head (torch.onnx.export).
-- `minilm_ft` (`minilm-ft`): the same, the encoder fine-tuned end to end (LP-FT).
+- `minilm_ft` (`minilm-ft`): the same, the encoder fine-tuned end to end (LP-FT);
+- `minilm_setfit` (`minilm-setfit`): the encoder tuned contrastively on pairs
+  (SetFit-style), then the same head.
 
 `distill.train_specialist` trains the configured families and keeps the better on
 validation; `export` turns models into ONNX graphs; `jobs` runs training in-process or

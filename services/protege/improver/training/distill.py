@@ -16,13 +16,18 @@ from pathlib import Path
 import numpy as np
 
 from protege.artifact import Specialist, SpecialistFiles
-from protege.improver.training import minilm, minilm_ft, tfidf
+from protege.improver.training import minilm, minilm_ft, minilm_setfit, tfidf
 from protege.improver.training.dataset import TrainingSet, label_indices
 from protege.taskspec import TrainingSpec
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"tfidf": tfidf, "minilm": minilm, "minilm-ft": minilm_ft}
+FAMILIES = {
+    "tfidf": tfidf,
+    "minilm": minilm,
+    "minilm-ft": minilm_ft,
+    "minilm-setfit": minilm_setfit,
+}
 CANDIDATE_VERSION = "candidate"  # until the registry assigns one
 # Below this many gold rows the hold-out is drawn from all rows (soft labels' argmax).
 MIN_GOLD_FOR_VALIDATION = 200
@@ -168,7 +173,7 @@ def time_training(
     so that the figure scales with the data."""
     spec = spec or TrainingSpec()
     module = FAMILIES[family]
-    if warm and module in (minilm, minilm_ft):
+    if warm and module in (minilm, minilm_ft, minilm_setfit):
         minilm.load_encoder()
     start, cpu = time.perf_counter(), time.process_time()
     files = module.train(train, spec, progress=progress)
