@@ -116,10 +116,11 @@ class PromptLF(LabelingFunction):
         cached = self.cache.get_scores(key, unique)
         missing = [t for t in unique if t not in cached]
         if missing:
-            task = self.task_spec.model_copy(update={"prompt": self.spec.as_prompt()})
+            task, prompt = self.task_spec, self.spec.as_prompt()
             for start in range(0, len(missing), self.max_batch):
                 batch = missing[start : start + self.max_batch]
-                probs = np.asarray(self.backend.predict_proba(task, batch), dtype=np.float64)
+                probs = self.backend.predict_proba(task, batch, prompt=prompt)
+                probs = np.asarray(probs, dtype=np.float64)
                 self.cache.put_scores(key, batch, probs)
                 cached.update(zip(batch, probs))
                 self.scored += len(batch)
