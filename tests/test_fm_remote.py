@@ -291,3 +291,25 @@ def test_a_round_whose_exam_needs_fm_answers_gets_them_from_the_gateway(
     down = Settings(home=tmp_path, fm_url=f"http://127.0.0.1:{free_port()}")
     again = foundation_answers(task, store, texts, lazy_backend(down), 6, model)
     assert (again.cached, again.scored) == (6, 0)
+
+
+def test_protege_up_gives_the_improver_a_key_of_its_own_to_ask_the_fm(tmp_path):
+    from protege.stack import LocalStack, settings_env
+
+    settings = Settings(home=tmp_path, api_keys="ops:admin-key=admin")
+    stack = LocalStack(settings, improver_args=[], say=lambda line: None)
+    stack._give_improver_a_key()
+    key = stack.settings.fm_key.get_secret_value()
+    identity = ApiKeys.from_settings(stack.settings).identify(key)
+    assert identity.has("foundation") and not identity.has("predict")
+    assert ApiKeys.from_settings(stack.settings).identify("admin-key").has("admin")  # kept
+    assert settings_env(stack.settings)["PROTEGE_FM_KEY"] == key  # the improver's environment
+
+    given = LocalStack(
+        Settings(home=tmp_path, api_keys="ops:admin-key=admin", fm_key="mine"), improver_args=[]
+    )
+    given._give_improver_a_key()
+    assert given.settings.api_keys == settings.api_keys  # an operator's key is used as is
+    open_stack = LocalStack(Settings(home=tmp_path, auth_disabled=True), improver_args=[])
+    open_stack._give_improver_a_key()
+    assert open_stack.settings.fm_key is None  # auth off: no key needed
