@@ -13,21 +13,21 @@ from fastapi import APIRouter, Depends, HTTPException
 from protege.foundation.remote import scoring_digest
 from protege.schemas import FoundationScoreRequest, FoundationScoreResponse, ModelRef
 from protege.serving.auth import require
-from protege.serving.foundation_client import prompt_spec
+from protege.serving.foundation_client import UnknownAdapter, UnknownPrompt, prompt_spec
 from protege.serving.gateway import GatewayCore
 from protege.serving.router import FoundationUnavailable
 
 
 async def within(deadline_s: float, call):
     """`call`'s result within the deadline; FoundationUnavailable (a 503) when the FM
-    is late or fails. Lookup errors (unknown prompt or adapter) stay the caller's 404."""
+    is late or fails. An unknown prompt or adapter stays the caller's 404."""
     try:
         return await asyncio.wait_for(call, deadline_s)
     except TimeoutError:
         raise FoundationUnavailable(
             f"the foundation model did not answer within {deadline_s:g} s"
         ) from None
-    except (asyncio.CancelledError, LookupError):
+    except (asyncio.CancelledError, UnknownPrompt, UnknownAdapter):
         raise
     except Exception as exc:  # a remote deployment: any failure there is "not now"
         raise FoundationUnavailable(
@@ -65,7 +65,7 @@ def build_foundation_router(core: GatewayCore, deadline_s: float, route_class, e
             raise HTTPException(404, f"unknown task {body.task!r}; known: {sorted(core.tasks)}")
         try:
             prompt = prompt_spec(task, body.prompt)
-        except LookupError as exc:
+        except UnknownPrompt as exc:
             raise HTTPException(404, str(exc)) from None
         core.check_limits(task, body.texts, "texts")
         try:
@@ -76,7 +76,7 @@ def build_foundation_router(core: GatewayCore, deadline_s: float, route_class, e
             else:
                 probs = []
             ref = foundation.ref or await within(deadline_s, foundation.ready())
-        except LookupError as exc:  # an adapter this deployment does not serve
+        except (UnknownPrompt, UnknownAdapter) as exc:
             # Through Ray the message ends a traceback: its last line names the error.
             raise HTTPException(404, str(exc).strip().splitlines()[-1]) from None
         rows = [[float(p) for p in row] for row in probs]
