@@ -313,3 +313,41 @@ def test_protege_up_gives_the_improver_a_key_of_its_own_to_ask_the_fm(tmp_path):
     open_stack = LocalStack(Settings(home=tmp_path, auth_disabled=True), improver_args=[])
     open_stack._give_improver_a_key()
     assert open_stack.settings.fm_key is None  # auth off: no key needed
+
+
+def test_the_serve_deployment_scores_by_prompt_lf_name_batched_per_prompt(
+    serving_app, backend, tasks
+):
+    """Through Ray Serve: the gateway's HandleFoundation, the FoundationModel deployment
+    resolving the name from its own task specs; concurrent texts of two prompts batch apart."""
+    task = tasks["youtube-spam"]
+    lf = task.labeling.prompt_lfs[-1]
+    remote = RemoteFoundation.from_settings(serving_app.settings)  # the app's improver key
+    assert remote.url == serving_app.url.rstrip("/")
+    results: dict[str, np.ndarray] = {}
+    threads = [
+        threading.Thread(
+            target=lambda: results.update(task_prompt=remote.predict_proba(task, TEXTS))
+        ),
+        threading.Thread(
+            target=lambda: results.update(
+                lf=remote.predict_proba(task, TEXTS, prompt=lf.as_prompt())
+            )
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    np.testing.assert_allclose(
+        results["task_prompt"], backend.predict_proba(task, TEXTS), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        results["lf"], backend.predict_proba(task, TEXTS, lf.as_prompt()), atol=1e-5
+    )
+    assert remote.ref == backend.ref
+    with httpx.Client(base_url=serving_app.url, timeout=60) as http:
+        body = {"task": task.name, "texts": ["hi"], "adapter": "lora-7"}
+        headers = {"Authorization": "Bearer improver-key"}
+        answer = http.post("/v1/foundation/score", json=body, headers=headers)
+    assert answer.status_code == 404 and "lora-7" in answer.json()["detail"], answer.text
