@@ -65,8 +65,8 @@ class PromptLF(LabelingFunction):
     spec : the prompt and its threshold.
     task : the task whose labels it scores.
     backend : a ``FoundationBackend``, or a zero-argument callable returning one; a
-        callable is only called when some text is not in the cache (loading the FM
-        takes seconds).
+        callable is only called when some text is not in the cache (the deployment's
+        FM is then asked over HTTP).
     cache : where scores are kept between runs.
     model_name : part of the cache key; defaults to the backend's ``ref.model``.
     budget : most uncached texts scored per `prepare` (the last points, i.e. the newest);
