@@ -164,6 +164,34 @@ class ErrorBody(BaseModel):
     detail: str
 
 
+class FoundationScoreRequest(Body):
+    """The improver's question to the deployment's FM: `texts` under the task's prompt or
+    one of its prompt LFs (by name), by the base model or a served adapter (by name)."""
+
+    task: str = Field(max_length=200)
+    texts: list[Annotated[str, Field(max_length=MAX_TEXT_CHARS)]] = Field(
+        max_length=MAX_BATCH,
+        description="Up to the task's `max_batch`; none: only the model's ref comes back.",
+    )
+    prompt: str | None = Field(
+        default=None, max_length=100, description="A prompt LF's name; none: the task's prompt."
+    )
+    adapter: str | None = Field(
+        default=None, max_length=200, description="A served adapter's name; none: the base model."
+    )
+
+
+class FoundationScoreResponse(BaseModel):
+    task: str
+    labels: list[str] = Field(description="The task's labels: the order of each row.")
+    probabilities: list[list[float]]
+    model: ModelRef
+    digest: str = Field(
+        description="Of the labels and the prompt the gateway used: the improver checks that "
+        "its tasks file asks the same question."
+    )
+
+
 class ReviewItem(BaseModel):
     """A prediction that a review would teach the most about, and why it is in the queue."""
 

@@ -69,6 +69,21 @@ class Settings(BaseSettings):
         "specialist's answer marked degraded, an FM-only answer a 503 with Retry-After.",
     )
     vllm_kwargs: dict = Field(default_factory=dict, description="Extra vllm.LLM(...) arguments.")
+    # The improver's way to the deployment's FM (it loads none of its own)
+    fm_url: str | None = Field(
+        default=None,
+        description="The gateway the improver asks for FM answers (/v1/foundation); unset: "
+        "this machine's, http://127.0.0.1:<http_port>.",
+    )
+    fm_key: SecretStr | None = Field(
+        default=None, description="The improver's API key there (role foundation)."
+    )
+    fm_score_deadline_s: float = Field(
+        default=120.0,
+        gt=0.0,
+        description="Longest the gateway waits on the FM for the improver's texts (then a "
+        "503); the improver waits this long plus a margin.",
+    )
 
     # Specialist
     specialist_max_batch: int = Field(default=64, gt=0)
@@ -97,7 +112,7 @@ class Settings(BaseSettings):
     auth_disabled: bool = False
     api_keys: SecretStr | None = Field(
         default=None,
-        description="'[name:]KEY=role,role;...' (roles: predict, feedback, trusted, admin).",
+        description="'[name:]KEY=role,role;...' (roles: predict, feedback, trusted, foundation, admin).",
     )
     api_keys_file: Path | None = Field(
         default=None, description="JSON or YAML {keys: [{name, key or sha256, roles}]}."

@@ -118,10 +118,11 @@ def default_holder() -> str:
 
 
 def lazy_backend(settings: Settings) -> Callable[[], object]:
-    """A zero-argument factory that loads the deployment's FM once, when first called."""
-    from protege.foundation.backend import create_backend
+    """A zero-argument factory of the deployment's FM over HTTP (`foundation.remote`),
+    made once, when a text must be scored: the improver never loads a model itself."""
+    from protege.foundation.remote import RemoteFoundation
 
-    return functools.cache(lambda: create_backend(settings))
+    return functools.cache(lambda: RemoteFoundation.from_settings(settings))
 
 
 # --------------------------------------------------------------------------- the steps
@@ -337,7 +338,7 @@ def run_round(
     Never raises for a round that cannot or does not succeed: the outcome says
     `skipped` (not enough data) or `failed` (with the error), and the ledger records
     it. Raises TrainingInProgress when another round of the task holds the lease.
-    `backend` defaults to the deployment's FM, loaded only if a text must be scored;
+    `backend` defaults to the deployment's FM over HTTP, reached only if a text must be scored;
     `trainer` replaces the training step (tests)."""
     started = time.perf_counter()
     holder = holder or default_holder()

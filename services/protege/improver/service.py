@@ -78,7 +78,7 @@ class ImproverService:
     store, registry : built from settings when not given.
     publish : where ModelEvents go (default: a Kafka producer when a broker is configured).
     backend : the FM (or a factory of it) for prompt LFs and the exam; default the
-        deployment's, loaded on first use and kept.
+        deployment's over HTTP, reached on first use and kept.
     group_id : the intake's consumer group (default `settings.improver_group`); retrain
         requests use `<group_id>-requests`.
     ingest : run the intake thread (off: another process fills the store).

@@ -26,6 +26,7 @@ from protege.serving.admin_api import build_admin_router
 from protege.serving.auth import ApiKeys, Identity, require
 from protege.serving.champion_watcher import ChampionWatcher
 from protege.serving.console import Console, install_console, is_console
+from protege.serving.foundation_api import build_foundation_router
 from protege.serving.gateway import GatewayCore, InputError, UnknownPrediction
 from protege.serving.improver_client import ImproverClient, ImproverUnavailable
 from protege.serving.limits import BodyLimit, CallerLimits
@@ -235,6 +236,9 @@ def build_api(
         return core.event_stats()
 
     app.include_router(router)
+    app.include_router(
+        build_foundation_router(core, settings.fm_score_deadline_s, Utf8Route, errors)
+    )
     if watcher is not None:
         app.include_router(
             build_admin_router(set(core.tasks), watcher, core.publish, Utf8Route, errors)

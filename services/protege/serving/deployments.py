@@ -15,7 +15,7 @@ from protege.foundation.backend import create_backend
 from protege.serving.api import build_api
 from protege.serving.auth import ApiKeys
 from protege.serving.champion_watcher import ChampionWatcher
-from protege.serving.foundation_client import HandleFoundation
+from protege.serving.foundation_client import HandleFoundation, UnknownAdapter, prompt_spec
 from protege.serving.gateway import GatewayCore
 from protege.serving.improver_client import ImproverClient
 from protege.serving.metrics import EventLogMetrics, ServingMetrics
@@ -39,18 +39,30 @@ class FoundationModel:
     def info(self) -> dict:
         return self.backend.ref.model_dump()
 
-    async def score(self, task: str, text: str) -> list[float]:
-        return await self._score_batch((task, text))
+    async def score(
+        self, task: str, text: str, prompt: str | None = None, adapter: str | None = None
+    ) -> list[float]:
+        """One text's probabilities under the task's prompt or its prompt LF `prompt`
+        (a name, resolved from this deployment's task specs), by the base model or
+        `adapter`; concurrent calls are batched per (task, prompt, adapter)."""
+        prompt_spec(self.tasks[task], prompt)  # an unknown name fails alone, not its batch
+        if adapter is not None:
+            raise UnknownAdapter(f"adapter {adapter!r} is not served here")
+        return await self._score_batch((task, text, prompt, adapter))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _score_batch(self, items: list[tuple[str, str]]) -> list[list[float]]:
+    async def _score_batch(
+        self, items: list[tuple[str, str, str | None, str | None]]
+    ) -> list[list[float]]:
         out: list[list[float] | None] = [None] * len(items)
-        by_task: dict[str, list[int]] = {}
-        for i, (task, _) in enumerate(items):
-            by_task.setdefault(task, []).append(i)
-        for task, rows in by_task.items():
+        groups: dict[tuple[str, str | None, str | None], list[int]] = {}
+        for i, (task, _, prompt, adapter) in enumerate(items):
+            groups.setdefault((task, prompt, adapter), []).append(i)
+        for (task, prompt, _adapter), rows in groups.items():
+            spec = self.tasks[task]
+            extra = () if prompt is None else (prompt_spec(spec, prompt),)
             probs = await asyncio.to_thread(
-                self.backend.predict_proba, self.tasks[task], [items[i][1] for i in rows]
+                self.backend.predict_proba, spec, [items[i][1] for i in rows], *extra
             )
             for i, p in zip(rows, np.asarray(probs)):
                 out[i] = p.tolist()
