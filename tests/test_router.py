@@ -32,7 +32,7 @@ class Recorder:
     async def specialist(self, task, texts):
         return np.array([[float(t), 1 - float(t)] for t in texts])
 
-    async def foundation(self, task, texts):
+    async def foundation(self, task, texts, adapter=None):
         self.fm_calls.append(list(texts))
         return np.array([[0.1, 0.9]] * len(texts))
 
