@@ -58,23 +58,23 @@ class FoundationModel:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _score_batch(self, items: list[ScoreItem]) -> list[list[float] | Exception]:
-        """Each (task, prompt, adapter) group scored together; a group that fails
-        (e.g. an unknown adapter) fails its own calls only, not the batch's others."""
-        out: list[list[float] | Exception | None] = [None] * len(items)
+        """Each (task, prompt, adapter) group scored together, the groups concurrently
+        (vLLM batches them on the GPU; transformers takes them in turn); a group that
+        fails (e.g. an unknown adapter) fails its own calls only."""
         groups: dict[tuple[str, str | None, str | None], list[int]] = {}
         for i, (task, _, prompt, adapter) in enumerate(items):
             groups.setdefault((task, prompt, adapter), []).append(i)
-        for (task, prompt, adapter), rows in groups.items():
-            try:
-                probs = await asyncio.to_thread(
-                    self._predict, task, [items[i][1] for i in rows], prompt, adapter
-                )
-            except Exception as exc:  # handed to this group's callers, raised in `score`
-                for i in rows:
-                    out[i] = exc
-                continue
-            for i, p in zip(rows, np.asarray(probs)):
-                out[i] = p.tolist()
+        results = await asyncio.gather(
+            *(
+                asyncio.to_thread(self._predict, task, [items[i][1] for i in rows], prompt, adapter)
+                for (task, prompt, adapter), rows in groups.items()
+            ),
+            return_exceptions=True,  # handed to each group's callers, raised in `score`
+        )
+        out: list[list[float] | Exception | None] = [None] * len(items)
+        for rows, probs in zip(groups.values(), results):
+            for k, i in enumerate(rows):
+                out[i] = probs if isinstance(probs, Exception) else np.asarray(probs)[k].tolist()
         return out
 
     def _predict(
