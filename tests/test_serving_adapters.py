@@ -56,7 +56,9 @@ def registry(settings, tmp_path_factory) -> Registry:
     registry = Registry.from_settings(settings)
     built = tmp_path_factory.mktemp("built")
     labels = settings.load_tasks()[TASK].label_names
-    assert registry.log_candidate(TASK, build_youtube_specialist(built / "onnx")) == "1"
+    assert (
+        registry.log_candidate(TASK, build_youtube_specialist(built / "onnx", per_label=10)) == "1"
+    )
     assert registry.log_candidate(TASK, build_adapter(built / "lora", TASK, labels)) == "2"
     registry.promote(TASK, "1")
     return registry

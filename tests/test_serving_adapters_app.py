@@ -28,7 +28,7 @@ def registry(serving_app, tmp_path_factory) -> Registry:
     an adapter. The app's watcher may be creating the SQLite tables at this moment,
     so the first write is retried."""
     built = tmp_path_factory.mktemp("built")
-    onnx = build_youtube_specialist(built / "onnx")
+    onnx = build_youtube_specialist(built / "onnx", per_label=10)
     update_meta(onnx, threshold=1.0)
     lora = build_adapter(built / "lora", TASK, ["HAM", "SPAM"])
     for attempt in range(10):
