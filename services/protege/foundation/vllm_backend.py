@@ -75,7 +75,7 @@ class VLLMBackend:
         n_labels = len(continuations(task))
         prefixes, sequences = scored_sequences(task, texts, prompt)
         lora = self._lora(adapter)
-        outputs = self._run(asyncio.gather(*(self._prompt_logprobs(s, lora) for s in sequences)))
+        outputs = self._run(self._all_prompt_logprobs(sequences, lora))
         prefix_counts = [self._count(p) for p in prefixes]
         per_sequence = [
             label_logprobs(
@@ -89,6 +89,10 @@ class VLLMBackend:
             for k, output in enumerate(outputs)
         ]
         return sequence_probabilities(per_sequence, n_labels, prompt.length_normalize)
+
+    async def _all_prompt_logprobs(self, sequences: list[str], lora) -> list:
+        """Every sequence its own request, all in flight at once (on the engine's loop)."""
+        return await asyncio.gather(*(self._prompt_logprobs(s, lora) for s in sequences))
 
     async def _prompt_logprobs(self, sequence: str, lora):
         """The finished request's output: one sequence scored by the engine."""
