@@ -93,3 +93,21 @@ def test_a_promoted_adapter_answers_escalations_until_a_rollback(client, registr
     after = predict(client, TASK)
     assert after["served_by"] == base
     assert after["confidence"] == pytest.approx(before["confidence"], abs=1e-5)
+
+
+def test_an_unknown_adapter_fails_its_own_calls_only(serving_app, registry):
+    """Straight to the FoundationModel deployment: calls batched together, one of them
+    for a name the registry cannot resolve."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("FoundationModel", "protege-test")
+    unknown = handle.score.remote(TASK, "hmm ok", adapter=adapter_name(TASK, "9"))
+    onnx = handle.score.remote(TASK, "hmm ok", adapter=adapter_name(TASK, "1"))
+    base = handle.score.remote(TASK, "hmm ok")
+    adapted = handle.score.remote(TASK, "hmm ok", adapter=ADAPTER["model"])
+    assert len(base.result(timeout_s=60)) == 2 and len(adapted.result(timeout_s=60)) == 2
+    assert base.result() != adapted.result()
+    with pytest.raises(Exception, match="no version 9"):
+        unknown.result(timeout_s=60)
+    with pytest.raises(Exception, match="not an fm-adapter"):
+        onnx.result(timeout_s=60)
