@@ -22,7 +22,7 @@ ALLOWED = {
     "artifact": {"schemas"},
     "encoder": {"artifact"},  # the MiniLM sentence encoder: a family's and some LFs'
     "events": {"schemas", "settings"},
-    "foundation": {"schemas", "settings", "taskspec"},
+    "foundation": {"artifact", "schemas", "settings", "taskspec"},
     "registry": {"artifact", "schemas", "settings"},
     "serving": BOTTOM | {"events", "foundation", "registry"},
     # The improver's folders, bottom to top: data, labeling, training, judge, then the

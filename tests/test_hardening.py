@@ -173,7 +173,7 @@ class FailingFM:
     def __init__(self, delay_s: float = 0.0, error: Exception | None = None):
         self.delay_s, self.error, self.calls = delay_s, error, 0
 
-    async def __call__(self, task, texts):
+    async def __call__(self, task, texts, adapter=None):
         self.calls += 1
         await asyncio.sleep(self.delay_s)
         if self.error:

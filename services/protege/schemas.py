@@ -137,10 +137,25 @@ class FeedbackResponse(BaseModel):
     event_id: str
 
 
+class AdapterRef(BaseModel):
+    """A task's champion that is a LoRA adapter of the FM: it answers the task's FM calls."""
+
+    name: str = Field(description="The name it is served under, e.g. 'youtube-spam@v4'.")
+    version: str
+    base_model: str | None = Field(default=None, description="The FM it plugs into.")
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(model=self.name, version=self.version)
+
+
 class TaskModels(BaseModel):
     foundation: ModelRef
     specialist: ModelRef | None
     specialist_error: str | None = None
+    adapter: AdapterRef | None = Field(
+        default=None, description="The champion adapter that answers this task's FM calls."
+    )
 
 
 class TaskSummary(BaseModel):

@@ -68,7 +68,12 @@ class Settings(BaseSettings):
         description="Longest a request waits on the FM: an escalation then gets the "
         "specialist's answer marked degraded, an FM-only answer a 503 with Retry-After.",
     )
-    vllm_kwargs: dict = Field(default_factory=dict, description="Extra vllm.LLM(...) arguments.")
+    vllm_kwargs: dict = Field(
+        default_factory=dict, description="Extra vLLM engine arguments (AsyncEngineArgs)."
+    )
+    fm_max_loras: int = Field(
+        default=4, gt=0, description="vllm: LoRA adapters held on the GPU at once (max_loras)."
+    )
     # The improver's way to the deployment's FM (it loads none of its own)
     fm_url: str | None = Field(
         default=None,

@@ -2,7 +2,8 @@
 through the FoundationModel deployment's handle (Ray Serve). Both expose
 `score(task, texts, prompt=None, adapter=None) -> [N, C]` and the model's ref; `prompt`
 names one of the task's prompt LFs (None: the task's own prompt), resolved from this
-deployment's task specs, so that callers send names, never templates."""
+deployment's task specs, so that callers send names, never templates; `adapter` names a
+task's champion adapter (`task@vN`), resolved where the FM runs."""
 
 from __future__ import annotations
 
@@ -13,15 +14,12 @@ import numpy as np
 
 from protege.foundation.backend import FoundationBackend
 from protege.schemas import ModelRef
+from protege.serving.adapters import AdapterResolver, UnknownAdapter, predict_proba
 from protege.taskspec import PromptSpec, TaskSpec
 
 
 class UnknownPrompt(LookupError):
     """A prompt name that is none of the task's prompt LFs: the caller's mistake (a 404)."""
-
-
-class UnknownAdapter(LookupError):
-    """An adapter this deployment does not serve (a 404)."""
 
 
 def prompt_spec(task: TaskSpec, name: str | None) -> PromptSpec | None:
@@ -50,10 +48,12 @@ class FoundationClient(Protocol):
 
 
 class LocalFoundation:
-    """The backend in this process, run on a worker thread."""
+    """The backend in this process, run on a worker thread; adapters are resolved by
+    `adapters` (without one, asking for an adapter is an UnknownAdapter)."""
 
-    def __init__(self, backend: FoundationBackend):
+    def __init__(self, backend: FoundationBackend, adapters: AdapterResolver | None = None):
         self.backend = backend
+        self.adapters = adapters
         self.ref = backend.ref
 
     async def score(
@@ -64,10 +64,18 @@ class LocalFoundation:
         adapter: str | None = None,
     ) -> np.ndarray:
         spec = prompt_spec(task, prompt)
-        if adapter is not None:
-            raise UnknownAdapter(f"adapter {adapter!r} is not served here")
-        extra = () if spec is None else (spec,)
-        return await asyncio.to_thread(self.backend.predict_proba, task, texts, *extra)
+        return await asyncio.to_thread(self._score, task, texts, spec, adapter)
+
+    def _score(
+        self, task: TaskSpec, texts: list[str], prompt: PromptSpec | None, adapter: str | None
+    ) -> np.ndarray:
+        if adapter is None:
+            return predict_proba(self.backend, task, texts, prompt)
+        if self.adapters is None:
+            raise UnknownAdapter(f"adapter {adapter!r}: this FM has no registry to find it in")
+        return predict_proba(
+            self.backend, task, texts, prompt, adapter=self.adapters.resolve(adapter)
+        )
 
     async def ready(self) -> ModelRef:
         return self.ref
