@@ -339,6 +339,9 @@ ROLE_OF = {
     "promote": "admin",
     "rollback": "admin",
     "retrain": "admin",
+    # The improver's way to the FM: role `foundation`, which of these keys only admin holds.
+    "foundation_model": "admin",
+    "foundation_score": "admin",
     # The review console (/review): a signed-in reviewer, or a Bearer key (scripts).
     "console_sign_out": "feedback",
     "console_tasks": "feedback",

@@ -47,7 +47,7 @@ def build_foundation_router(core: GatewayCore, deadline_s: float, route_class, e
         responses=errors(503),
         dependencies=[Depends(require("foundation"))],
     )
-    async def model() -> ModelRef:
+    async def foundation_model() -> ModelRef:
         """The foundation model this deployment serves."""
         return await within(deadline_s, foundation.ready())
 
@@ -57,7 +57,7 @@ def build_foundation_router(core: GatewayCore, deadline_s: float, route_class, e
         responses=errors(404, 503),
         dependencies=[Depends(require("foundation"))],
     )
-    async def score(body: FoundationScoreRequest) -> FoundationScoreResponse:
+    async def foundation_score(body: FoundationScoreRequest) -> FoundationScoreResponse:
         """The FM's probabilities for `texts` (in the task's label order) under the
         task's prompt or the prompt LF `prompt`, by the base model or `adapter`."""
         task = core.tasks.get(body.task)
