@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 KIND_KEY, KIND = "protege", "training"  # the metadata that marks a training job
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"  # Ray's own variable for the Jobs API address
-JOB_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")  # what ids look like; nothing else reaches Ray
+JOB_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"  # what ids look like; nothing else reaches Ray
+JOB_ID = re.compile(JOB_ID_PATTERN)
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 _env_lock = threading.Lock()
 

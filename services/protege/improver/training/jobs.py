@@ -25,10 +25,10 @@ import time
 import uuid
 from pathlib import Path
 
-from protege import jobs as ray_jobs
 from protege.improver.training.dataset import TrainingSet
 from protege.improver.training.distill import Candidate, Validation, train_specialist
 from protege.improver.training.exchange import JobInput, download, read_candidate, write_input
+from protege.jobs import API_SERVER_ENV, KIND, KIND_KEY, TERMINAL, client, stop_job, tail
 from protege.settings import Settings
 from protege.taskspec import TaskSpec
 
@@ -77,7 +77,7 @@ def submit(
             submission_id=job_id,
             runtime_env={"working_dir": tmp, "env_vars": job_env(settings)},
             metadata={
-                ray_jobs.KIND_KEY: ray_jobs.KIND,
+                KIND_KEY: KIND,
                 "task": task.name,
                 **{k: str(v) for k, v in metadata.items()},
             },
@@ -107,7 +107,7 @@ def retrying(submit_job, timeout_s: float = AGENT_WAIT_S):
 def failure(jobs_client, job_id: str, what: str) -> TrainingJobFailed:
     """TrainingJobFailed saying `what` happened to the job, with its log's tail."""
     try:
-        logs = ray_jobs.tail(jobs_client.get_job_logs(job_id))
+        logs = tail(jobs_client.get_job_logs(job_id))
     except Exception as exc:  # noqa: BLE001 - the reason matters more than the logs
         logs = f"(no logs: {exc!r})"
     return TrainingJobFailed(f"training job {job_id} {what}; its log ends:\n{logs}")
@@ -127,12 +127,12 @@ def wait(jobs_client, job_id: str, deadline_s: float, poll_s: float) -> None:
         status = str(getattr(info.status, "value", info.status))
         if status == "SUCCEEDED":
             return
-        if status in ray_jobs.TERMINAL:
+        if status in TERMINAL:
             raise failure(jobs_client, job_id, f"ended {status}: {info.message or 'no message'}")
         if time.monotonic() >= deadline:
             jobs_client.stop_job(job_id)
             until = time.monotonic() + STOP_WAIT_S
-            while str(jobs_client.get_job_status(job_id)) not in ray_jobs.TERMINAL:
+            while str(jobs_client.get_job_status(job_id)) not in TERMINAL:
                 if time.monotonic() >= until:
                     break
                 time.sleep(poll_s)
@@ -154,7 +154,7 @@ def train_as_job(
 ) -> Candidate:
     """`train_specialist(task.name, train, task.training, **kwargs)` as a Ray job (see the
     module docstring); `kwargs` must be JSON-able (NumPy arrays become lists)."""
-    jobs_client = ray_jobs.client(settings)
+    jobs_client = client(settings)
     job_id = submit(task, train, settings, metadata or {}, kwargs, jobs_client)
     output = f"{settings.jobs_uri.rstrip('/')}/{job_id}"
     _training[task.name] = (job_id, settings)
@@ -186,7 +186,7 @@ def cancel_training(task_name: str) -> bool:
         return False
     job_id, settings = waiting
     try:
-        ray_jobs.stop_job(settings, job_id)
+        stop_job(settings, job_id)
     except Exception as exc:  # noqa: BLE001 - the cluster may be gone: nothing left to stop
         log.warning("%s: could not stop training job %s: %r", task_name, job_id, exc)
     return True
@@ -236,7 +236,7 @@ def should_use_ray(task: TaskSpec, settings: Settings) -> bool:
         import ray
     except ImportError:
         return False
-    known = settings.ray_dashboard_url or os.environ.get(ray_jobs.API_SERVER_ENV)
+    known = settings.ray_dashboard_url or os.environ.get(API_SERVER_ENV)
     if not (known or ray.is_initialized() or os.environ.get("RAY_ADDRESS")):
         return False
     if task.training.num_gpus > 0 or not ray.is_initialized():
