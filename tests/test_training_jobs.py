@@ -13,15 +13,27 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from protege import datasets
+from protege.artifact import SpecialistFiles
 from protege.cli import main as cli
 from protege.events.broker import free_port
 from protege.improver.data.gold import task_split
 from protege.improver.data.ledger import RoundLedger
 from protege.improver.data.store import ExampleStore
 from protege.improver.loop import RoundReport, run_round
+from protege.improver.training import TrainingSet
+from protege.improver.training.distill import Candidate
+from protege.improver.training.exchange import (
+    ExchangeError,
+    JobInput,
+    read_candidate,
+    read_input,
+    write_candidate,
+    write_input,
+)
 from protege.registry import CHAMPION, Registry
 from protege.schemas import LabelProbability, ModelRef, PredictionEvent, Route
 from protege.serving.api import build_api
@@ -159,6 +171,41 @@ def assert_nothing_changed(store, registry, before_champion, before_versions, re
     assert state.holder is None and state.outcome == "failed"  # the lease is free
     assert registry.alias_version(TASK, CHAMPION) == before_champion
     assert len(registry.list(TASK)) == before_versions  # nothing registered
+
+
+def test_a_jobs_input_and_candidate_travel_as_json_and_npz(tmp_path):
+    """No pickle: what goes to a job and back is JSON, npz and the specialist's bytes,
+    `SpecialistFiles` field by field (a dict of bytes as a folder, nested names too)."""
+    train = TrainingSet.build(
+        ["HAM", "SPAM"],
+        soft_texts=["nice song", "sub to me"],
+        soft_probs=[[0.9, 0.1], [0.2, 0.8]],
+        gold_texts=["check my channel"],
+        gold_labels=["SPAM"],
+    )
+    spec = TrainingSpec(families=["tfidf"], deadline_s=5)
+    kwargs = {"validation": (["a", "b"], np.array([0, 1])), "progress": False}
+    write_input(tmp_path / "in", JobInput(TASK, train, spec, kwargs, "/out"))
+    job = read_input(tmp_path / "in")
+    assert (job.task, job.spec, job.output) == (TASK, spec, "/out")
+    assert job.kwargs == {"validation": [["a", "b"], [0, 1]], "progress": False}
+    assert job.train.texts == train.texts and np.array_equal(job.train.targets, train.targets)
+    assert job.train.gold.tolist() == [False, False, True]
+
+    files = SpecialistFiles(
+        "minilm", b"onnx-bytes", {"tokenizer.json": b"{}", "adapter/config.json": b"[]"}, {"c": 1}
+    )
+    candidate = Candidate(TASK, ["HAM", "SPAM"], "minilm", files, {"minilm": 0.9}, {"minilm": 2.0})
+    assert read_candidate(write_candidate(candidate, tmp_path / "out")) == candidate
+
+    np.savez(tmp_path / "in" / "arrays.npz", targets=np.array([object()]))  # needs pickle
+    with pytest.raises(ExchangeError):
+        read_input(tmp_path / "in")
+    head = json.loads((tmp_path / "out" / "candidate.json").read_text())
+    head["files"]["bytes"] = ["../../etc/passwd"]
+    (tmp_path / "out" / "candidate.json").write_text(json.dumps(head))
+    with pytest.raises(ExchangeError, match="unsafe"):
+        read_candidate(tmp_path / "out")
 
 
 def test_a_round_trains_as_a_ray_job_and_promotes(store, registry, settings, monkeypatch, capsys):
