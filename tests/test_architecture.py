@@ -55,7 +55,7 @@ ALLOWED = {
         "improver.api",
     },
     "tasks": {"improver.labeling"},  # the shipped tasks' Python labeling functions
-    "stack": BOTTOM | {"events", "serving"},
+    "stack": BOTTOM | {"events", "serving", "jobs"},
     "demo": BOTTOM | {"events", "improver.data", "stack"},
     "commands": None,  # the top: anything
     "cli": None,

@@ -34,6 +34,8 @@ from protege.improver.training.exchange import (
     write_candidate,
     write_input,
 )
+from protege.improver.training.jobs import should_use_ray
+from protege.jobs import free_cpus
 from protege.registry import CHAMPION, Registry
 from protege.schemas import LabelProbability, ModelRef, PredictionEvent, Route
 from protege.serving.api import build_api
@@ -282,3 +284,18 @@ def test_unknown_jobs_and_an_absent_job_server_are_clear_errors(settings, monkey
     assert answer.status_code == 503 and "does not answer" in answer.json()["detail"]
     code, _, err = jobs_cli(monkeypatch, capsys, away, "list")
     assert code == 1 and "does not answer" in err and "Traceback" not in err
+
+
+def test_auto_trains_on_ray_when_its_job_server_answers_with_cpus_to_spare(settings, monkeypatch):
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    auto = settings.model_copy(update={"improver_ray": "auto"})
+    # Both CPUs free once the earlier jobs' are given back (the status lags a few seconds).
+    wait_for(lambda: free_cpus(auto) == 2.0, 120, "two free CPUs in the dashboard's status")
+    assert should_use_ray(task_with(num_cpus=1), auto)
+    assert not should_use_ray(task_with(num_cpus=3), auto)  # it would wait behind others
+    assert should_use_ray(task_with(num_cpus=3, num_gpus=1), auto)  # an autoscaler may add
+    away = auto.model_copy(update={"ray_dashboard_url": f"http://127.0.0.1:{free_port()}"})
+    assert not should_use_ray(task_with(), away)
+    assert not should_use_ray(task_with(), auto.model_copy(update={"ray_dashboard_url": None}))
+    assert not should_use_ray(task_with(), settings.model_copy(update={"improver_ray": "never"}))

@@ -113,6 +113,22 @@ def client(settings: Settings):
                 os.environ[API_SERVER_ENV] = previous
 
 
+def free_cpus(settings: Settings, timeout_s: float = 5.0) -> float | None:
+    """The CPUs no task or actor holds on the cluster now, from its dashboard's status;
+    None when it does not say (yet). JobsUnavailable when nothing answers."""
+    import httpx
+
+    url = dashboard_url(settings)
+    try:
+        answer = httpx.get(f"{url}/api/cluster_status", params={"format": "0"}, timeout=timeout_s)
+        answer.raise_for_status()
+        status = answer.json()["data"]["clusterStatus"] or {}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        raise JobsUnavailable(f"Ray's dashboard at {url} does not answer: {exc}") from None
+    used, total = (status.get("loadMetricsReport") or {}).get("usage", {}).get("CPU", (0, 0))
+    return float(total) - float(used) if total else None
+
+
 def _job(details) -> TrainingJob | None:
     meta = details.metadata or {}
     if meta.get(KIND_KEY) != KIND or not details.submission_id:

@@ -28,7 +28,17 @@ from pathlib import Path
 from protege.improver.training.dataset import TrainingSet
 from protege.improver.training.distill import Candidate, Validation, train_specialist
 from protege.improver.training.exchange import JobInput, download, read_candidate, write_input
-from protege.jobs import API_SERVER_ENV, KIND, KIND_KEY, TERMINAL, client, stop_job, tail
+from protege.jobs import (
+    API_SERVER_ENV,
+    KIND,
+    KIND_KEY,
+    TERMINAL,
+    JobsUnavailable,
+    client,
+    free_cpus,
+    stop_job,
+    tail,
+)
 from protege.settings import Settings
 from protege.taskspec import TaskSpec
 
@@ -68,7 +78,7 @@ def submit(
 ) -> str:
     """Submit the task's training as a Ray job; returns its id."""
     job_id = f"protege-train-{task.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    output = f"{settings.jobs_uri.rstrip('/')}/{job_id}"
+    output = output_of(settings, job_id)
     with tempfile.TemporaryDirectory(prefix="protege-job-input-") as tmp:
         write_input(Path(tmp), JobInput(task.name, train, task.training, kwargs, output))
         submit_job = retrying(jobs_client.submit_job)
@@ -86,6 +96,11 @@ def submit(
         )
     log.info("%s: training job %s submitted (output %s)", task.name, job_id, output)
     return job_id
+
+
+def output_of(settings: Settings, job_id: str) -> str:
+    """Where the job leaves its candidate."""
+    return f"{settings.jobs_uri.rstrip('/')}/{job_id}"
 
 
 def retrying(submit_job, timeout_s: float = AGENT_WAIT_S):
@@ -156,7 +171,7 @@ def train_as_job(
     module docstring); `kwargs` must be JSON-able (NumPy arrays become lists)."""
     jobs_client = client(settings)
     job_id = submit(task, train, settings, metadata or {}, kwargs, jobs_client)
-    output = f"{settings.jobs_uri.rstrip('/')}/{job_id}"
+    output = output_of(settings, job_id)
     _training[task.name] = (job_id, settings)
     try:
         deadline_s = task.training.deadline_s or settings.training_deadline_s
@@ -222,16 +237,14 @@ def train_candidate(
 
 
 def should_use_ray(task: TaskSpec, settings: Settings) -> bool:
-    """Ray when asked (`improver_ray`), or, on `auto`, when a Ray is known (a dashboard URL
-    in the settings or RAY_API_SERVER_ADDRESS, RAY_ADDRESS, or a Ray this process is
-    connected to) and either the task wants GPUs (only Ray has them; an autoscaler may
-    still be adding them) or its CPUs are free now on the Ray this process is connected
-    to (a CPU request that cannot be placed would wait behind Serve's replicas until
-    its deadline)."""
-    if settings.improver_ray == "never":
-        return False
-    if settings.improver_ray == "always":
-        return True
+    """A Ray job when asked (`improver_ray`), or, on `auto`, when a Ray is known (a
+    dashboard URL in the settings or RAY_API_SERVER_ADDRESS, RAY_ADDRESS, or a Ray this
+    process is connected to), its job server answers, and either the task wants GPUs
+    (only Ray has them; an autoscaler may still be adding them) or its CPUs are free
+    now (a CPU request that cannot be placed would wait behind Serve's replicas until
+    its deadline). Otherwise in-process, saying why."""
+    if settings.improver_ray != "auto":
+        return settings.improver_ray == "always"
     try:
         import ray
     except ImportError:
@@ -239,15 +252,17 @@ def should_use_ray(task: TaskSpec, settings: Settings) -> bool:
     known = settings.ray_dashboard_url or os.environ.get(API_SERVER_ENV)
     if not (known or ray.is_initialized() or os.environ.get("RAY_ADDRESS")):
         return False
-    if task.training.num_gpus > 0 or not ray.is_initialized():
-        return True
-    free = ray.available_resources().get("CPU", 0.0)
-    if free < task.training.num_cpus:
-        log.info(
-            "%s: %.1f free Ray CPUs < %.1f asked: training in-process",
-            task.name,
-            free,
-            task.training.num_cpus,
-        )
+    try:
+        free = free_cpus(settings)
+    except JobsUnavailable as exc:
+        log.warning("%s: training in-process: %s", task.name, exc)
         return False
-    return True
+    if task.training.num_gpus > 0 or free is None or free >= task.training.num_cpus:
+        return True
+    log.info(
+        "%s: %.1f free Ray CPUs < %.1f asked: training in-process",
+        task.name,
+        free,
+        task.training.num_cpus,
+    )
+    return False
