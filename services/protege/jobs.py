@@ -92,9 +92,20 @@ def dashboard_port(settings: Settings) -> int | None:
     return url.port if url.hostname in ("127.0.0.1", "localhost") else None
 
 
-def client(settings: Settings):
-    """A JobSubmissionClient at `dashboard_url`; JobsUnavailable when nothing answers there."""
+def checked(job_id: str) -> str:
+    """`job_id` when it looks like a job id (nothing else goes into Ray's URLs)."""
+    if not JOB_ID.fullmatch(job_id):
+        raise UnknownJob(f"{job_id[:100]!r} is not a job id")
+    return job_id
+
+
+def client(settings: Settings, job_id: str | None = None):
+    """A JobSubmissionClient at `dashboard_url`; JobsUnavailable when nothing answers there,
+    UnknownJob for a `job_id` that no job could have (before any request)."""
     from ray.job_submission import JobSubmissionClient
+
+    if job_id is not None:
+        checked(job_id)
 
     url = dashboard_url(settings)
     # Ray lets RAY_ADDRESS (the improver's Ray Client address) override the address
@@ -165,30 +176,31 @@ def list_jobs(settings: Settings, task: str | None = None) -> list[TrainingJob]:
 
 def get_job(settings: Settings, job_id: str, jobs_client=None) -> TrainingJob:
     """The training job `job_id`; UnknownJob for any other id."""
-    if not JOB_ID.fullmatch(job_id):
-        raise UnknownJob(f"{job_id[:100]!r} is not a job id")
+    checked(job_id)
     jobs_client = jobs_client or client(settings)
     try:
         details = _call(jobs_client, "get_job_info", job_id)
-    except RuntimeError as exc:  # the job server's 404
-        raise UnknownJob(f"no training job {job_id!r}") from exc
+    except RuntimeError as exc:  # the job server's answer was not a 200
+        if "status code 404" in str(exc):
+            raise UnknownJob(f"no training job {job_id!r}") from None
+        raise JobsUnavailable(f"Ray's job server: {exc}") from None
     job = _job(details)
     if job is None:
         raise UnknownJob(f"{job_id!r} is not a Protégé training job")
     return job
 
 
-def job_logs(settings: Settings, job_id: str, jobs_client=None) -> str:
+def job_logs(settings: Settings, job_id: str) -> str:
     """The job's whole log (its entrypoint's stdout and stderr)."""
-    jobs_client = jobs_client or client(settings)
+    jobs_client = client(settings, job_id)
     get_job(settings, job_id, jobs_client)
     return _call(jobs_client, "get_job_logs", job_id)
 
 
-def stop_job(settings: Settings, job_id: str, jobs_client=None) -> TrainingJob:
+def stop_job(settings: Settings, job_id: str) -> TrainingJob:
     """Ask Ray to stop the job (SIGTERM, then SIGKILL); returns the job as it was. Its
     round, waiting on it, then fails."""
-    jobs_client = jobs_client or client(settings)
+    jobs_client = client(settings, job_id)
     job = get_job(settings, job_id, jobs_client)
     if job.status not in TERMINAL:
         _call(jobs_client, "stop_job", job_id)
