@@ -1692,6 +1692,7 @@ def test_improver_trains_on_the_rayservice_cluster(value_set):
     assert env["RAY_ADDRESS"]["value"] == f"ray://{rayservice}-head-svc:10001"
     # Training jobs: the same head's Jobs API (the NetworkPolicy admits the improver on 8265).
     assert env["PROTEGE_RAY_DASHBOARD_URL"]["value"] == f"http://{rayservice}-head-svc:8265"
+    assert env["PROTEGE_JOBS_URI"]["value"] == "mlflow-artifacts:/protege-jobs"  # both reach it
     head_ports = ray_groups(only(docs, "RayService"))["head"]["template"]["spec"]["containers"][0][
         "ports"
     ]
