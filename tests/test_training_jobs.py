@@ -252,6 +252,7 @@ def test_a_job_stopped_mid_run_fails_the_round_and_the_champion_stays(store, reg
     stopped = call(settings, "POST", f"/v1/admin/jobs/{job['id']}/stop")
     assert stopped.status_code == 202 and stopped.json()["status"] == "RUNNING"
     report = result.result(timeout=120)
+    print(f"\nstopped: {report.reasons[0]}")
     assert_nothing_changed(store, registry, *before, report, job["id"])
     assert "STOPPED" in report.reasons[0]
     listed = call(settings, "GET", "/v1/admin/jobs").json()
@@ -262,6 +263,7 @@ def test_a_job_past_its_deadline_is_stopped_and_fails_the_round(store, registry,
     before = registry.alias_version(TASK, CHAMPION), len(registry.list(TASK))
     report = a_round(task_with(families=["tfidf"], deadline_s=1), store, registry, settings, "late")
     (job,) = [j for j in call(settings, "GET", "/v1/admin/jobs").json() if j["holder"] == "late"]
+    print(f"\nlate: {report.reasons[0]}")
     assert_nothing_changed(store, registry, *before, report, job["id"])
     assert "past its deadline of 1 s and was stopped" in report.reasons[0]
     assert job["status"] == "STOPPED"
@@ -299,3 +301,26 @@ def test_auto_trains_on_ray_when_its_job_server_answers_with_cpus_to_spare(setti
     assert not should_use_ray(task_with(), away)
     assert not should_use_ray(task_with(), auto.model_copy(update={"ray_dashboard_url": None}))
     assert not should_use_ray(task_with(), settings.model_copy(update={"improver_ray": "never"}))
+
+
+def test_protege_ups_ray_has_its_dashboard_where_the_settings_say(tmp_path, monkeypatch):
+    """`start_ray` (protege up, the demo) starts the dashboard on the settings' loopback
+    port; a process connected to that Ray (the Serve driver, which hands it to the
+    improver; a gateway replica) finds it without being told."""
+    import ray
+
+    from protege.jobs import connected_dashboard, dashboard_url
+    from protege.serving.launch import start_ray
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    url = f"http://127.0.0.1:{free_port()}"
+    assert not ray.is_initialized()
+    start_ray(Settings(home=tmp_path, ray_dashboard_url=url, improver_ray="auto"))
+    try:
+        assert connected_dashboard() == url
+        assert dashboard_url(Settings(home=tmp_path)) == url
+        assert httpx.get(f"{url}/api/version", timeout=30).status_code == 200
+    finally:
+        ray.shutdown()
+    assert connected_dashboard() is None
