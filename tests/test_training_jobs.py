@@ -255,6 +255,7 @@ def test_a_job_stopped_mid_run_fails_the_round_and_the_champion_stays(store, reg
     print(f"\nstopped: {report.reasons[0]}")
     assert_nothing_changed(store, registry, *before, report, job["id"])
     assert "STOPPED" in report.reasons[0]
+    assert "training minilm-ft" in report.reasons[0]  # the tail of the job's log
     listed = call(settings, "GET", "/v1/admin/jobs").json()
     assert {j["id"]: j["status"] for j in listed}[job["id"]] == "STOPPED"
 
@@ -265,7 +266,7 @@ def test_a_job_past_its_deadline_is_stopped_and_fails_the_round(store, registry,
     (job,) = [j for j in call(settings, "GET", "/v1/admin/jobs").json() if j["holder"] == "late"]
     print(f"\nlate: {report.reasons[0]}")
     assert_nothing_changed(store, registry, *before, report, job["id"])
-    assert "past its deadline of 1 s and was stopped" in report.reasons[0]
+    assert "past its deadline of 1 s and was stopped; its log ends" in report.reasons[0]
     assert job["status"] == "STOPPED"
 
 
