@@ -24,12 +24,13 @@ ALLOWED = {
     "events": {"schemas", "settings"},
     "foundation": {"artifact", "schemas", "settings", "taskspec"},
     "registry": {"artifact", "schemas", "settings"},
-    "serving": BOTTOM | {"events", "foundation", "registry"},
+    "jobs": {"settings"},  # Protégé's training jobs on Ray's Jobs API: improver and serving
+    "serving": BOTTOM | {"events", "foundation", "registry", "jobs"},
     # The improver's folders, bottom to top: data, labeling, training, judge, then the
     # round (loop), its triggers and the service.
     "improver.data": BOTTOM | {"events"},
     "improver.labeling": BOTTOM | {"encoder", "foundation", "improver.data"},
-    "improver.training": BOTTOM | {"encoder", "improver.data", "improver.labeling"},
+    "improver.training": BOTTOM | {"encoder", "jobs", "improver.data", "improver.labeling"},
     "improver.judge": BOTTOM | {"improver.data", "improver.labeling", "improver.training"},
     "improver.triggers": BOTTOM | {"improver.data"},
     "improver.review": BOTTOM | {"improver.data", "improver.labeling"},
@@ -54,7 +55,7 @@ ALLOWED = {
         "improver.api",
     },
     "tasks": {"improver.labeling"},  # the shipped tasks' Python labeling functions
-    "stack": BOTTOM | {"events", "serving"},
+    "stack": BOTTOM | {"events", "serving", "jobs"},
     "demo": BOTTOM | {"events", "improver.data", "stack"},
     "commands": None,  # the top: anything
     "cli": None,

@@ -459,8 +459,8 @@ def test_closed_crd_schema_rejects_a_misspelt_field():
 
 
 def test_no_rayjob_is_rendered():
-    """Training goes to the RayService's own cluster (Ray tasks through Ray Client, jobs through
-    the Jobs API on its training group), not to RayJobs; a RayJob would need its own CRD check."""
+    """Training goes to the RayService's own cluster (jobs through the Jobs API on its
+    training group), not to RayJobs; a RayJob would need its own CRD check."""
     for value_set in VALUE_SETS:
         assert not [d for d in rendered(value_set) if d["kind"] == "RayJob"]
 
@@ -1708,6 +1708,9 @@ def test_improver_trains_on_the_rayservice_cluster(value_set):
     rayservice = only(docs, "RayService")["metadata"]["name"]
     # KubeRay names the head service of a RayService <name>-head-svc; Ray Client listens on 10001.
     assert env["RAY_ADDRESS"]["value"] == f"ray://{rayservice}-head-svc:10001"
+    # Training jobs: the same head's Jobs API (the NetworkPolicy admits the improver on 8265).
+    assert env["PROTEGE_RAY_DASHBOARD_URL"]["value"] == f"http://{rayservice}-head-svc:8265"
+    assert env["PROTEGE_JOBS_URI"]["value"] == "mlflow-artifacts:/protege-jobs"  # both reach it
     head_ports = ray_groups(only(docs, "RayService"))["head"]["template"]["spec"]["containers"][0][
         "ports"
     ]

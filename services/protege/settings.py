@@ -288,9 +288,39 @@ class Settings(BaseSettings):
     # Improvement: the improver service
     improver_ray: Literal["auto", "always", "never"] = Field(
         default="auto",
-        description="Train as a Ray task: auto = when connected to Ray (RAY_ADDRESS or an "
-        "initialized Ray) and either the task asks for GPUs or its CPUs are free now.",
+        description="Train as a Ray job: auto = when a Ray is known (PROTEGE_RAY_DASHBOARD_URL, "
+        "RAY_ADDRESS or an initialized Ray) and either the task asks for GPUs or its CPUs are "
+        "free now; never: in the improver's process.",
     )
+    ray_dashboard_url: str | None = Field(
+        default=None,
+        description="Ray's dashboard (the Jobs API: training jobs, `protege jobs`, "
+        "/v1/admin/jobs), e.g. http://HEAD:8265. Unset: RAY_API_SERVER_ADDRESS, else the "
+        "connected Ray's, else http://127.0.0.1:8265. A loopback URL's port is also where "
+        "`protege up` starts its Ray's dashboard.",
+    )
+    training_deadline_s: float = Field(
+        default=3000.0,
+        gt=0.0,
+        description="A training job is stopped (and its round fails) after this long, unless "
+        "the task's `training.deadline_s` says otherwise; keep it under improver_lease_s.",
+    )
+    training_poll_s: float = Field(
+        default=1.0, gt=0.0, description="How often the improver asks a training job's status."
+    )
+    jobs_uri: str | None = Field(
+        default=None,
+        validate_default=True,
+        description="Where training jobs leave their candidates for the improver: a folder both "
+        "reach or an MLflow artifact URI (s3://..., mlflow-artifacts:/protege-jobs through "
+        "the MLflow server). Default <home>/jobs (one machine).",
+    )
+
+    @field_validator("jobs_uri")
+    @classmethod
+    def _jobs_under_home(cls, value: str | None, info: ValidationInfo) -> str:
+        return value or str(Path(info.data["home"]) / "jobs")
+
     improver_group: str | None = Field(
         default=None,
         validate_default=True,

@@ -191,6 +191,15 @@ class LocalStack:
         )
         self._serving = True
         self.url = start_serve(self.settings, fast_ingress=self.fast_ingress)
+        self._place_ray_dashboard()
+
+    def _place_ray_dashboard(self) -> None:
+        """The improver (another process) trains as jobs on this Ray: tell it its dashboard."""
+        from protege.jobs import connected_dashboard
+
+        url = None if self.settings.ray_dashboard_url else connected_dashboard()
+        if url:
+            self.settings = self.settings.model_copy(update={"ray_dashboard_url": url})
 
     def _start_improver(self) -> None:
         from protege.events.broker import _die_with_parent_hook

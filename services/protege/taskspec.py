@@ -392,6 +392,12 @@ class TrainingSpec(StrictModel):
         default=0.0, ge=0.0, description="Ray resource request; > 0 lands on GPU workers."
     )
     num_cpus: float = Field(default=1.0, gt=0.0)
+    deadline_s: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="A training job still running after this long is stopped and the round "
+        "fails; unset: PROTEGE_TRAINING_DEADLINE_S.",
+    )
     epochs: int = Field(
         default=200, gt=0, description="MiniLM head: most full-batch L-BFGS iterations."
     )

@@ -9,7 +9,7 @@ triggers and by `protege improver round TASK` by hand. It reads top to bottom:
 3. set the exam: the trusted gold of the exam bucket (fixed by text hash, never
    trained on), the calibration bucket's, and the FM's answers on both, cheapest
    first (`judge.exam`); too small an exam skips the round, saying what it lacks;
-4. train: distill into the task's specialist families, here or as a Ray task
+4. train: distill into the task's specialist families, here or as a Ray job
    (`training.jobs`), the family chosen on the calibration bucket's trusted gold (the
    exam stays unseen), and the reviews-only model: the chosen family on the reviewed
    training rows alone, the trivial learner a first candidate must beat;
@@ -341,6 +341,7 @@ def run_round(
     `backend` defaults to the deployment's FM over HTTP, reached only if a text must be scored;
     `trainer` replaces the training step (tests)."""
     started = time.perf_counter()
+    round_id = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # names its training job
     holder = holder or default_holder()
     ledger = RoundLedger.of(store)
     feedback, n_events = store.event_counts(task.name)
@@ -393,6 +394,8 @@ def run_round(
                 train,
                 validation=family_validation(task, examples),
                 use_ray=use_ray,
+                settings=settings,
+                metadata={"round": round_id, "trigger": trigger, "holder": holder},
                 progress=progress,
             )
         else:

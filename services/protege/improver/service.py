@@ -22,7 +22,7 @@ replicas (or a restart) agree on them; the ledger's lease keeps a task to one ro
 `stop()` (SIGTERM) takes no new work at once, gives a round in progress
 `Settings.improver_stop_timeout_s` to finish, then abandons it: the lease is released
 as `interrupted` (so that the task can train again at once, not after
-`improver_lease_s`) and its Ray training cancelled.
+`improver_lease_s`) and its training job stopped.
 
 With `PROTEGE_IMPROVER_PORT` set, a fourth thread serves the internal HTTP API
 (`protege.improver.api`: /livez, /readyz and the review queue, which ranks with the

@@ -22,7 +22,7 @@ from protege.schemas import (
     ReviewQueue,
     TaskSummary,
 )
-from protege.serving.admin_api import build_admin_router
+from protege.serving.admin_api import build_admin_router, build_jobs_router
 from protege.serving.auth import ApiKeys, Identity, require
 from protege.serving.champion_watcher import ChampionWatcher
 from protege.serving.console import Console, install_console, is_console
@@ -243,6 +243,7 @@ def build_api(
         app.include_router(
             build_admin_router(set(core.tasks), watcher, core.publish, Utf8Route, errors)
         )
+    app.include_router(build_jobs_router(settings, Utf8Route, errors))
     console = Console(core, api_keys, settings, improver, watcher, limits)
     install_console(app, console)
 

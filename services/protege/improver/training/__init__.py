@@ -10,7 +10,7 @@ One module per specialist family, each `train(data, spec, progress) -> Specialis
 
 `distill.train_specialist` trains the configured families and keeps the better on
 validation; `export` turns models into ONNX graphs; `jobs` runs training in-process or
-as a Ray task.
+as a Ray job (`job` its entrypoint, `exchange` its input and output).
 """
 
 from protege.improver.training.dataset import TrainingSet, label_indices
