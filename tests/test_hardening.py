@@ -339,6 +339,9 @@ ROLE_OF = {
     "promote": "admin",
     "rollback": "admin",
     "retrain": "admin",
+    "training_jobs": "admin",
+    "training_job_logs": "admin",
+    "stop_training_job": "admin",
     # The improver's way to the FM: role `foundation`, which of these keys only admin holds.
     "foundation_model": "admin",
     "foundation_score": "admin",

@@ -131,19 +131,19 @@ def build_jobs_router(settings: Settings, route_class, errors: Callable[..., dic
             raise HTTPException(503, str(exc), headers={"Retry-After": "30"}) from None
 
     @router.get("", responses=errors(503))
-    async def jobs(
+    async def training_jobs(
         task: str | None = Query(None, max_length=200, description="Only this task's jobs."),
     ) -> list[dict]:
         """Running and finished training jobs, newest first, with their task and round."""
         return [j.to_dict() for j in await call(list_jobs, task)]
 
     @router.get("/{job_id}/logs", response_class=PlainTextResponse, responses=errors(404, 503))
-    async def logs(job_id: str = JOB_ID) -> str:
+    async def training_job_logs(job_id: str = JOB_ID) -> str:
         """The job's log: its stdout and stderr."""
         return await call(job_logs, job_id)
 
     @router.post("/{job_id}/stop", status_code=202, responses=errors(404, 503))
-    async def stop(job_id: str = JOB_ID) -> dict:
+    async def stop_training_job(job_id: str = JOB_ID) -> dict:
         """Ask Ray to stop the job; the round waiting for it fails, the champion stays."""
         return (await call(stop_job, job_id)).to_dict()
 
