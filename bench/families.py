@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, ratio, write_results
 
 TASKS = ("youtube-spam", "banking77")
-FAMILIES = ("tfidf", "minilm", "minilm-ft")
+FAMILIES = ("tfidf", "minilm", "minilm-ft", "minilm-setfit")
 
 
 def main() -> None:

@@ -108,7 +108,7 @@ class NoFoundation:
 
     ref = None
 
-    async def score(self, task, texts):
+    async def score(self, task, texts, adapter=None):
         raise RuntimeError("a benchmark text was escalated to the FM")
 
     async def ready(self):

@@ -83,8 +83,11 @@ def serving_app(tmp_path_factory, kafka_broker):
     settings = Settings(
         home=home,
         http_port=free_port(),
-        # Each key is an identity: the feedback key is the reviewer "ana".
-        api_keys="predict:predict-key=predict;ana:feedback-key=feedback;ops:admin-key=admin",
+        # Each key is an identity: the feedback key is the reviewer "ana". The improver
+        # asks this app's FM with its own key (role foundation).
+        api_keys="predict:predict-key=predict;ana:feedback-key=feedback;ops:admin-key=admin;"
+        "improver:improver-key=foundation",
+        fm_key="improver-key",
         signing_secret="test-secret-of-at-least-16-bytes",
         kafka_bootstrap=kafka_broker.bootstrap,
         kafka_topic_predictions=f"app.{suffix}.predictions",

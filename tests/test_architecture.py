@@ -24,12 +24,14 @@ ALLOWED = {
     "events": {"schemas", "settings"},
     "foundation": {"artifact", "schemas", "settings", "taskspec"},
     "registry": {"artifact", "schemas", "settings"},
-    "serving": BOTTOM | {"events", "foundation", "registry"},
+    "jobs": {"settings"},  # Protégé's training jobs on Ray's Jobs API: improver and serving
+    "serving": BOTTOM | {"events", "foundation", "registry", "jobs"},
     # The improver's folders, bottom to top: data, labeling, training, judge, then the
     # round (loop), its triggers and the service.
     "improver.data": BOTTOM | {"events"},
     "improver.labeling": BOTTOM | {"encoder", "foundation", "improver.data"},
-    "improver.training": BOTTOM | {"encoder", "foundation", "improver.data", "improver.labeling"},
+    "improver.training": BOTTOM
+    | {"encoder", "foundation", "jobs", "improver.data", "improver.labeling"},
     "improver.judge": BOTTOM
     | {"foundation", "improver.data", "improver.labeling", "improver.training"},
     "improver.triggers": BOTTOM | {"improver.data"},
@@ -55,7 +57,7 @@ ALLOWED = {
         "improver.api",
     },
     "tasks": {"improver.labeling"},  # the shipped tasks' Python labeling functions
-    "stack": BOTTOM | {"events", "serving"},
+    "stack": BOTTOM | {"events", "serving", "jobs"},
     "demo": BOTTOM | {"events", "improver.data", "stack"},
     "commands": None,  # the top: anything
     "cli": None,
@@ -113,3 +115,48 @@ def test_serving_and_improver_never_import_each_other():
         or (s.startswith("improver") and t == "serving")
     ]
     assert not crossing, crossing
+
+
+BACKEND_MODULES = {"transformers_backend", "vllm_backend", "openai_backend", "smollm"}
+
+
+def improver_fm_imports(package: Path = PACKAGE) -> list[tuple[str, str]]:
+    """(file, what) for every import under improver/ that could construct an FM backend:
+    `create_backend` by name, or a backend module, however it is spelt."""
+    found = []
+    for path in (package / "improver").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+                names: list[str] = []
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module]
+                names = [alias.name for alias in node.names]
+                modules += [f"{node.module}.{n}" for n in names]
+            else:
+                continue
+            for what in modules + names:
+                if what == "create_backend" or what.rsplit(".", 1)[-1] in BACKEND_MODULES:
+                    found.append((str(path.relative_to(package)), what))
+    return found
+
+
+def test_no_improver_code_constructs_a_foundation_backend():
+    """The improver asks the deployment's FM (foundation/remote.py); on a cluster it runs
+    on a CPU pod that could not start the served model anyway."""
+    assert improver_fm_imports() == []
+
+
+def test_the_check_sees_every_way_of_importing_a_backend(tmp_path):
+    spellings = [
+        "from protege.foundation.backend import create_backend",
+        "from protege.foundation import vllm_backend",
+        "import protege.foundation.transformers_backend",
+        "from protege.foundation.smollm import MODEL_NAME",
+    ]
+    (tmp_path / "improver").mkdir()
+    for i, line in enumerate(spellings):
+        (tmp_path / "improver" / f"m{i}.py").write_text(f"def f():\n    {line}\n")
+    (tmp_path / "improver" / "fine.py").write_text("from protege.foundation.remote import x\n")
+    flagged = {path for path, _ in improver_fm_imports(tmp_path)}
+    assert flagged == {f"improver/m{i}.py" for i in range(len(spellings))}

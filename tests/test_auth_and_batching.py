@@ -27,7 +27,7 @@ def test_keys_from_the_environment_and_a_secret_file(tmp_path):
     )
     assert roles(keys, "env-key") == {"predict", "feedback"}
     assert roles(keys, "file-key") == {"feedback"}
-    assert roles(keys, "ops-key") == {"predict", "feedback", "trusted", "admin"}
+    assert roles(keys, "ops-key") == {"predict", "feedback", "trusted", "foundation", "admin"}
     assert roles(keys, "env-key ") == frozenset() and roles(keys, "") == frozenset()
 
 

@@ -31,7 +31,7 @@ TRAFFIC = 800  # youtube train texts replayed as traffic; the models learn from 
 class NoFM:
     """The exam must not need the FM here (fm_eval_max 0): recorded answers only."""
 
-    def predict_proba(self, task, texts):
+    def predict_proba(self, task, texts, prompt=None):
         raise AssertionError("the FM was asked")
 
 

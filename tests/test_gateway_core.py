@@ -50,7 +50,7 @@ class FoundationHandle:
     `handle.<method>.remote(...)` returns an awaitable, here over the real backend."""
 
     def __init__(self, backend, tasks):
-        async def score(task: str, text: str) -> list[float]:
+        async def score(task: str, text: str, adapter: str | None = None) -> list[float]:
             return backend.predict_proba(tasks[task], [text])[0].tolist()
 
         async def info() -> dict:

@@ -173,7 +173,7 @@ class FailingFM:
     def __init__(self, delay_s: float = 0.0, error: Exception | None = None):
         self.delay_s, self.error, self.calls = delay_s, error, 0
 
-    async def __call__(self, task, texts):
+    async def __call__(self, task, texts, adapter=None):
         self.calls += 1
         await asyncio.sleep(self.delay_s)
         if self.error:
@@ -339,6 +339,12 @@ ROLE_OF = {
     "promote": "admin",
     "rollback": "admin",
     "retrain": "admin",
+    "training_jobs": "admin",
+    "training_job_logs": "admin",
+    "stop_training_job": "admin",
+    # The improver's way to the FM: role `foundation`, which of these keys only admin holds.
+    "foundation_model": "admin",
+    "foundation_score": "admin",
     # The review console (/review): a signed-in reviewer, or a Bearer key (scripts).
     "console_sign_out": "feedback",
     "console_tasks": "feedback",

@@ -459,8 +459,8 @@ def test_closed_crd_schema_rejects_a_misspelt_field():
 
 
 def test_no_rayjob_is_rendered():
-    """Training goes to the RayService's own cluster (Ray tasks through Ray Client, jobs through
-    the Jobs API on its training group), not to RayJobs; a RayJob would need its own CRD check."""
+    """Training goes to the RayService's own cluster (jobs through the Jobs API on its
+    training group), not to RayJobs; a RayJob would need its own CRD check."""
     for value_set in VALUE_SETS:
         assert not [d for d in rendered(value_set) if d["kind"] == "RayJob"]
 
@@ -539,12 +539,14 @@ def test_serve_config_parses_with_ray_serves_schema(value_set):
     parsed = ServeDeploySchema.model_validate(config)
     assert_only_known_keys(config, parsed.model_dump(exclude_unset=True))
     (app,) = parsed.applications
-    assert app.name == "protege"  # PROTEGE_SERVE_APP of the improver
+    assert app.name == "protege"
     assert app.import_path == "protege.serving.app:build_app"
     assert app.route_prefix == "/"
     assert {d.name for d in app.deployments} == {"Gateway", "FoundationModel"}
     assert parsed.http_options.port == 8000
-    assert improver_env(rendered(value_set))["PROTEGE_SERVE_APP"] == app.name
+    # The improver asks the FM through the gateways' Service, on Serve's HTTP port.
+    fm_url = improver_env(rendered(value_set))["PROTEGE_FM_URL"]
+    assert fm_url == f"http://{FULLNAME}-serve-svc:{parsed.http_options.port}"
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -934,7 +936,9 @@ def test_foundation_model_settings_reach_serving_only(value_set):
     assert not FM_SETTINGS & set(improver_env(docs))
     (container,) = improver_of(docs)["spec"]["template"]["spec"]["containers"]
     assert not FM_SETTINGS & set(env_of(container))
-    assert improver_env(docs)["PROTEGE_IMPROVER_FM"] == "serve"  # it asks the deployment's FM
+    # It asks the deployment's FM through the gateways, with a key of its own.
+    assert improver_env(docs)["PROTEGE_FM_URL"].startswith("http://")
+    assert secret_refs(container)["PROTEGE_FM_KEY"][1] == "improver-api-key"
     # No pod's environment carries them either: serving gets them as Serve arguments.
     for name, template in pod_templates(docs).items():
         for c in all_containers(template):
@@ -1002,17 +1006,20 @@ def test_network_policy_is_on_and_closes_the_dashboard(value_set):
 def test_network_policy_opens_the_api_as_told():
     docs = rendered("gpu")
     policy = only(docs, "NetworkPolicy", f"{FULLNAME}-ray")
-    (api,) = [
-        r
-        for r in policy["spec"]["ingress"]
-        if {"port": 8000, "protocol": "TCP"} in r.get("ports", [])
-    ]
+    api_only = [{"port": 8000, "protocol": "TCP"}]
+    (api,) = [r for r in policy["spec"]["ingress"] if r.get("ports") == api_only]
     assert api["from"] == values_of("gpu")["networkPolicy"]["servingFrom"]
+    # The improver reaches the API too, whatever servingFrom says: it asks the FM there.
+    improver_labels = improver_of(docs)["spec"]["template"]["metadata"]["labels"]
+    assert any(
+        "podSelector" in p and selects(p["podSelector"]["matchLabels"], improver_labels)
+        for p in peers_for_port(policy, 8000)
+    )
     # Without servingFrom the API is open (it has its own keys); the dashboard never is.
     (api,) = [
         r
         for r in only(rendered("default"), "NetworkPolicy", f"{FULLNAME}-ray")["spec"]["ingress"]
-        if {"port": 8000, "protocol": "TCP"} in r.get("ports", [])
+        if r.get("ports") == api_only
     ]
     assert "from" not in api
     mlflow = only(docs, "NetworkPolicy", f"{FULLNAME}-mlflow")
@@ -1048,7 +1055,7 @@ ALLOWED_SECRETS = {
     "RayService/cpu": {SIGNING, KAFKA, OPENAI},  # the Gateway (and a CPU/openai FM)
     "RayService/gpu": set(),  # vLLM: nothing (the hub token is the init container's)
     "RayService/train": {HF},  # the LoRA job fetches its base model
-    f"Deployment/{FULLNAME}-improver": {KAFKA, STORE, "RAY_AUTH_TOKEN"},
+    f"Deployment/{FULLNAME}-improver": {KAFKA, STORE, "RAY_AUTH_TOKEN", "PROTEGE_FM_KEY"},
     f"Deployment/{FULLNAME}-mlflow": {S3, "AWS_ACCESS_KEY_ID", "MLFLOW_BACKEND_STORE_URI"},
     f"StatefulSet/{FULLNAME}-kafka": set(),
 }
@@ -1401,7 +1408,18 @@ def test_plain_value_secrets_land_in_the_charts_secrets():
     values = values_of("kafka")
     data = secrets[FULLNAME]
     assert data["store-url"] == values["store"]["url"]
-    assert json.loads(data["api-keys.json"]) == values["auth"]["apiKeys"]
+    improver_key = values["auth"]["improverKey"]
+    assert json.loads(data["api-keys.json"]) == {
+        **values["auth"]["apiKeys"],
+        improver_key: ["foundation"],  # the improver asks the gateways' FM with it
+    }
+    assert data["improver-api-key"] == improver_key
+    improver = pod_templates(docs)[f"Deployment/{FULLNAME}-improver"]["spec"]["containers"][0]
+    assert secret_refs(improver)["PROTEGE_FM_KEY"] == (FULLNAME, "improver-api-key")
+    without = copy.deepcopy(values)
+    del without["auth"]["improverKey"]
+    with pytest.raises(helm.HelmError, match="auth.improverKey"):
+        render_raw(without)
     assert data["signing-secret"] == values["auth"]["signingSecret"]
     assert "bootstrap-api-key" not in data
     assert secrets[f"{FULLNAME}-ray-token"] == {"auth_token": values["rayCluster"]["auth"]["token"]}
@@ -1690,6 +1708,9 @@ def test_improver_trains_on_the_rayservice_cluster(value_set):
     rayservice = only(docs, "RayService")["metadata"]["name"]
     # KubeRay names the head service of a RayService <name>-head-svc; Ray Client listens on 10001.
     assert env["RAY_ADDRESS"]["value"] == f"ray://{rayservice}-head-svc:10001"
+    # Training jobs: the same head's Jobs API (the NetworkPolicy admits the improver on 8265).
+    assert env["PROTEGE_RAY_DASHBOARD_URL"]["value"] == f"http://{rayservice}-head-svc:8265"
+    assert env["PROTEGE_JOBS_URI"]["value"] == "mlflow-artifacts:/protege-jobs"  # both reach it
     head_ports = ray_groups(only(docs, "RayService"))["head"]["template"]["spec"]["containers"][0][
         "ports"
     ]

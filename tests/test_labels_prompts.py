@@ -22,8 +22,8 @@ class RecordingBackend:
         self.probs_of = probs_of
         self.calls: list[tuple[str, list[str]]] = []
 
-    def predict_proba(self, task, texts):
-        self.calls.append((task.prompt.template, list(texts)))
+    def predict_proba(self, task, texts, prompt=None):
+        self.calls.append(((prompt or task.prompt).template, list(texts)))
         return np.array([self.probs_of(t) for t in texts])
 
 
@@ -58,7 +58,7 @@ def test_a_failing_fm_makes_the_prompt_lf_abstain_and_counts_every_example():
     class Down:
         ref = ModelRef(model="down", version="1")
 
-        def predict_proba(self, task, texts):
+        def predict_proba(self, task, texts, prompt=None):
             raise ConnectionError("FM endpoint unreachable")
 
     (lf, _) = prompt_lfs(YOUTUBE, Down(), MemoryScoreCache())

@@ -34,7 +34,7 @@ from protege.improver.training.dataset import TrainingSet
 from protege.improver.training.distill import train_specialist
 from protege.registry import Registry
 from protege.settings import Settings
-from protege.taskspec import LoraSpec, TrainingSpec
+from protege.taskspec import LoraSpec, TaskSpec, TrainingSpec
 
 PER_LABEL = 16
 SPEC = TrainingSpec(families=["lora"], lora=LoraSpec(steps=12, batch_size=4, lr=3e-3))
@@ -198,7 +198,9 @@ def test_the_lora_block_of_a_task_and_what_a_round_hands_its_job(task):
     with_lora = task.model_copy(
         update={"training": task.training.model_copy(update={"families": ["tfidf", "lora"]})}
     )
-    assert lora_inputs(with_lora, exam) == {"task_spec": with_lora, "answer_texts": ["e", "c"]}
+    inputs = json.loads(json.dumps(lora_inputs(with_lora, exam)))  # a job's input is JSON
+    assert inputs["answer_texts"] == ["e", "c"]
+    assert TaskSpec.model_validate(inputs["task_spec"]) == with_lora
 
 
 def test_multi_token_labels_train_through_the_packed_label_pass(backend, intents):

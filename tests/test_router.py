@@ -6,8 +6,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from protege.schemas import ModelRef, Route
-from protege.serving.router import Router, escalates, in_shadow_sample
+from protege.schemas import AdapterRef, ModelRef, Route
+from protege.serving.router import FoundationUnavailable, Router, escalates, in_shadow_sample
 from protege.taskspec import Policy, RoutingSpec, TaskSpec
 
 SPECIALIST = ModelRef(model="tfidf-lr", version="3")
@@ -26,25 +26,29 @@ class Recorder:
     """Two tiny models with known outputs: the specialist's confidence is read from
     the text ('0.95' -> 95 % on A); the FM always says B."""
 
-    def __init__(self):
+    def __init__(self, fm_delay_s: float = 0.0):
         self.fm_calls: list[list[str]] = []
+        self.fm_adapters: list[str | None] = []
+        self.fm_delay_s = fm_delay_s
 
     async def specialist(self, task, texts):
         return np.array([[float(t), 1 - float(t)] for t in texts])
 
-    async def foundation(self, task, texts):
+    async def foundation(self, task, texts, adapter=None):
         self.fm_calls.append(list(texts))
+        self.fm_adapters.append(adapter)
+        await asyncio.sleep(self.fm_delay_s)
         return np.array([[0.1, 0.9]] * len(texts))
 
 
-def route(task, texts, with_specialist=True):
-    models = Recorder()
-    router = Router(models.foundation, lambda: FOUNDATION)
+def route(task, texts, with_specialist=True, adapter=None, fm_delay_s=0.0, deadline_s=None):
+    models = Recorder(fm_delay_s)
+    router = Router(models.foundation, lambda: FOUNDATION, deadline_s)
     specialist = (
         (SPECIALIST, models.specialist, task.routing.threshold) if with_specialist else None
     )
     ids = [f"t.{i}.sig" for i in range(len(texts))]
-    return asyncio.run(router.route(task, texts, ids, specialist)), models
+    return asyncio.run(router.route(task, texts, ids, specialist, adapter)), models
 
 
 def test_cascade_answers_confident_texts_and_escalates_the_rest():
@@ -107,3 +111,38 @@ def test_shadow_sample_is_stable_and_close_to_its_rate():
 def test_only_specialist_answers_are_shadowed():
     answers, _ = route(make_task(Policy.cascade, threshold=0.8, shadow_rate=1.0), ["0.95", "0.6"])
     assert [a.shadow for a in answers] == [True, False]
+
+
+ADAPTER = AdapterRef(name="t@v4", version="4", base_model="smollm2")
+
+
+@pytest.mark.parametrize("with_specialist", [True, False])
+def test_a_tasks_adapter_takes_every_fm_call_and_answers_as_itself(with_specialist):
+    answers, models = route(
+        make_task(Policy.cascade, threshold=0.8), ["0.95", "0.6"], with_specialist, ADAPTER
+    )
+    assert models.fm_adapters == ["t@v4"]
+    fm_answers = [a for a in answers if a.route is not Route.specialist]
+    assert fm_answers and all(
+        a.answer.model == a.foundation.model == ModelRef(model="t@v4", version="4")
+        for a in fm_answers
+    )
+
+
+def test_the_fm_deadline_holds_for_an_adapter_too():
+    answers, _ = route(
+        make_task(Policy.cascade, threshold=0.8),
+        ["0.6"],
+        adapter=ADAPTER,
+        fm_delay_s=5.0,
+        deadline_s=0.1,
+    )
+    assert answers[0].degraded and answers[0].answer.model == SPECIALIST
+    with pytest.raises(FoundationUnavailable):
+        route(
+            make_task(Policy.foundation_only),
+            ["0.6"],
+            adapter=ADAPTER,
+            fm_delay_s=5.0,
+            deadline_s=0.1,
+        )

@@ -133,7 +133,7 @@ class NoFoundation:
 
     ref = None
 
-    async def score(self, task, texts):
+    async def score(self, task, texts, adapter=None):
         raise AssertionError("the FM was called")
 
     async def ready(self):

@@ -1,9 +1,7 @@
 """A round's last steps on given data (train -> judge: evaluate, calibrate, gate ->
-decide: register, promote or reject), and training as a Ray task."""
+decide: register, promote or reject); training as a Ray job is test_training_jobs's."""
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import pytest
@@ -14,7 +12,6 @@ from protege.improver.judge.exam import Exam, FoundationAnswers
 from protege.improver.judge.judgement import judge
 from protege.improver.loop import decide, fetch_champion
 from protege.improver.training import TrainingSet, train_specialist
-from protege.improver.training.jobs import train_on_ray
 from protege.registry import CHAMPION, Registry
 from protege.schemas import ModelAction
 from protege.taskspec import DEFAULT_TASKS_FILE, GateSpec, TrainingSpec, load_tasks
@@ -148,25 +145,6 @@ def test_a_good_round_is_promoted_and_a_shuffled_one_rejected(task, youtube, tmp
         first_version: "promoted",
         second_version: "rejected",
     }
-
-
-def test_training_runs_as_a_ray_task(task, youtube, tmp_path):
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        train = youtube["train"].subset(range(200))
-        data = TrainingSet.from_gold(LABELS, train.texts, train.labels)
-        candidate = train_on_ray(task, data, progress=False)
-    finally:
-        if started_here:
-            ray.shutdown()
-    assert candidate.family == "tfidf" and candidate.files.onnx
-    folder = candidate.write(tmp_path / "from-ray")
-    assert Specialist(folder, LABELS).predict_proba(["subscribe to my channel"]).shape == (1, 2)
 
 
 def test_a_champion_that_cannot_load_does_not_block_a_good_candidate(task, youtube, tmp_path):

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "tasks",
     "events",
     "keys",
+    "jobs",
 ]
 
 

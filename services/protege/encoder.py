@@ -55,11 +55,14 @@ def encode(
     device: torch.device | None = None,
     progress: bool = True,
     desc: str = "MiniLM: encode",
+    encoder: nn.Module | None = None,
 ) -> np.ndarray:
-    """[N, 384] normalised mean-pooled embeddings; batches are length-sorted for speed."""
+    """[N, 384] normalised mean-pooled embeddings (of the shared frozen encoder, or of
+    `encoder`: a tuned copy); batches are length-sorted for speed."""
     from tqdm.auto import tqdm
 
-    encoder, tokenizer = load_encoder()
+    frozen, tokenizer = load_encoder()
+    encoder = encoder if encoder is not None else frozen
     device = device or torch.device("cpu")
     encoder = encoder.to(device)
     order = np.argsort([len(t) for t in texts], kind="stable")

@@ -137,10 +137,25 @@ class FeedbackResponse(BaseModel):
     event_id: str
 
 
+class AdapterRef(BaseModel):
+    """A task's champion that is a LoRA adapter of the FM: it answers the task's FM calls."""
+
+    name: str = Field(description="The name it is served under, e.g. 'youtube-spam@v4'.")
+    version: str
+    base_model: str | None = Field(default=None, description="The FM it plugs into.")
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(model=self.name, version=self.version)
+
+
 class TaskModels(BaseModel):
     foundation: ModelRef
     specialist: ModelRef | None
     specialist_error: str | None = None
+    adapter: AdapterRef | None = Field(
+        default=None, description="The champion adapter that answers this task's FM calls."
+    )
 
 
 class TaskSummary(BaseModel):
@@ -162,6 +177,34 @@ class TaskSummary(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+
+
+class FoundationScoreRequest(Body):
+    """The improver's question to the deployment's FM: `texts` under the task's prompt or
+    one of its prompt LFs (by name), by the base model or a served adapter (by name)."""
+
+    task: str = Field(max_length=200)
+    texts: list[Annotated[str, Field(max_length=MAX_TEXT_CHARS)]] = Field(
+        max_length=MAX_BATCH,
+        description="Up to the task's `max_batch`; none: only the model's ref comes back.",
+    )
+    prompt: str | None = Field(
+        default=None, max_length=100, description="A prompt LF's name; none: the task's prompt."
+    )
+    adapter: str | None = Field(
+        default=None, max_length=200, description="A served adapter's name; none: the base model."
+    )
+
+
+class FoundationScoreResponse(BaseModel):
+    task: str
+    labels: list[str] = Field(description="The task's labels: the order of each row.")
+    probabilities: list[list[float]]
+    model: ModelRef
+    digest: str = Field(
+        description="Of the labels and the prompt the gateway used: the improver checks that "
+        "its tasks file asks the same question."
+    )
 
 
 class ReviewItem(BaseModel):

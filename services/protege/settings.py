@@ -68,7 +68,27 @@ class Settings(BaseSettings):
         description="Longest a request waits on the FM: an escalation then gets the "
         "specialist's answer marked degraded, an FM-only answer a 503 with Retry-After.",
     )
-    vllm_kwargs: dict = Field(default_factory=dict, description="Extra vllm.LLM(...) arguments.")
+    vllm_kwargs: dict = Field(
+        default_factory=dict, description="Extra vLLM engine arguments (AsyncEngineArgs)."
+    )
+    fm_max_loras: int = Field(
+        default=4, gt=0, description="vllm: LoRA adapters held on the GPU at once (max_loras)."
+    )
+    # The improver's way to the deployment's FM (it loads none of its own)
+    fm_url: str | None = Field(
+        default=None,
+        description="The gateway the improver asks for FM answers (/v1/foundation); unset: "
+        "this machine's, http://127.0.0.1:<http_port>.",
+    )
+    fm_key: SecretStr | None = Field(
+        default=None, description="The improver's API key there (role foundation)."
+    )
+    fm_score_deadline_s: float = Field(
+        default=120.0,
+        gt=0.0,
+        description="Longest the gateway waits on the FM for the improver's texts (then a "
+        "503); the improver waits this long plus a margin.",
+    )
 
     # Specialist
     specialist_max_batch: int = Field(default=64, gt=0)
@@ -97,7 +117,7 @@ class Settings(BaseSettings):
     auth_disabled: bool = False
     api_keys: SecretStr | None = Field(
         default=None,
-        description="'[name:]KEY=role,role;...' (roles: predict, feedback, trusted, admin).",
+        description="'[name:]KEY=role,role;...' (roles: predict, feedback, trusted, foundation, admin).",
     )
     api_keys_file: Path | None = Field(
         default=None, description="JSON or YAML {keys: [{name, key or sha256, roles}]}."
@@ -268,9 +288,39 @@ class Settings(BaseSettings):
     # Improvement: the improver service
     improver_ray: Literal["auto", "always", "never"] = Field(
         default="auto",
-        description="Train as a Ray task: auto = when connected to Ray (RAY_ADDRESS or an "
-        "initialized Ray) and either the task asks for GPUs or its CPUs are free now.",
+        description="Train as a Ray job: auto = when a Ray is known (PROTEGE_RAY_DASHBOARD_URL, "
+        "RAY_ADDRESS or an initialized Ray) and either the task asks for GPUs or its CPUs are "
+        "free now; never: in the improver's process.",
     )
+    ray_dashboard_url: str | None = Field(
+        default=None,
+        description="Ray's dashboard (the Jobs API: training jobs, `protege jobs`, "
+        "/v1/admin/jobs), e.g. http://HEAD:8265. Unset: RAY_API_SERVER_ADDRESS, else the "
+        "connected Ray's, else http://127.0.0.1:8265. A loopback URL's port is also where "
+        "`protege up` starts its Ray's dashboard.",
+    )
+    training_deadline_s: float = Field(
+        default=3000.0,
+        gt=0.0,
+        description="A training job is stopped (and its round fails) after this long, unless "
+        "the task's `training.deadline_s` says otherwise; keep it under improver_lease_s.",
+    )
+    training_poll_s: float = Field(
+        default=1.0, gt=0.0, description="How often the improver asks a training job's status."
+    )
+    jobs_uri: str | None = Field(
+        default=None,
+        validate_default=True,
+        description="Where training jobs leave their candidates for the improver: a folder both "
+        "reach or an MLflow artifact URI (s3://..., mlflow-artifacts:/protege-jobs through "
+        "the MLflow server). Default <home>/jobs (one machine).",
+    )
+
+    @field_validator("jobs_uri")
+    @classmethod
+    def _jobs_under_home(cls, value: str | None, info: ValidationInfo) -> str:
+        return value or str(Path(info.data["home"]) / "jobs")
+
     improver_group: str | None = Field(
         default=None,
         validate_default=True,

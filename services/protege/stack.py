@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,7 +19,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
-from protege.settings import Settings, public_args, secret_env
+from pydantic import SecretStr
+
+from protege.settings import Settings, public_args, secret_env, secret_value
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +133,11 @@ class LocalStack:
             self._start_broker()
             if self.improver_args is not None:
                 self._place_improver_api()
+                self._give_improver_a_key()
             self._start_serve()
             if self.improver_args is not None:
+                if not self.settings.fm_url:  # the improver asks this gateway's FM
+                    self.settings = self.settings.model_copy(update={"fm_url": self.url})
                 self._start_improver()
                 self._wait_improver_ready()
         except BaseException:
@@ -162,6 +168,20 @@ class LocalStack:
                 update={"improver_url": f"http://{host}:{self.settings.improver_port}"}
             )
 
+    def _give_improver_a_key(self) -> None:
+        """With auth on and no PROTEGE_FM_KEY: a key of this run's own, role `foundation`,
+        for the improver's FM calls (kept in memory, gone with the processes)."""
+        if self.settings.auth_disabled or self.settings.fm_key:
+            return
+        key = secrets.token_urlsafe(24)
+        entries = [secret_value(self.settings.api_keys), f"protege-improver:{key}=foundation"]
+        self.settings = self.settings.model_copy(
+            update={
+                "api_keys": SecretStr(";".join(filter(None, entries))),
+                "fm_key": SecretStr(key),
+            }
+        )
+
     def _start_serve(self) -> None:
         from protege.serving.launch import start_serve
 
@@ -171,6 +191,15 @@ class LocalStack:
         )
         self._serving = True
         self.url = start_serve(self.settings, fast_ingress=self.fast_ingress)
+        self._place_ray_dashboard()
+
+    def _place_ray_dashboard(self) -> None:
+        """The improver (another process) trains as jobs on this Ray: tell it its dashboard."""
+        from protege.jobs import connected_dashboard
+
+        url = None if self.settings.ray_dashboard_url else connected_dashboard()
+        if url:
+            self.settings = self.settings.model_copy(update={"ray_dashboard_url": url})
 
     def _start_improver(self) -> None:
         from protege.events.broker import _die_with_parent_hook

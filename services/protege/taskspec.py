@@ -394,18 +394,25 @@ class LoraSpec(StrictModel):
 class TrainingSpec(StrictModel):
     """Specialist families to distill into (the better on validation is kept) and their knobs."""
 
-    families: list[Literal["tfidf", "minilm", "minilm-ft", "lora"]] = Field(
+    families: list[Literal["tfidf", "minilm", "minilm-ft", "minilm-setfit", "lora"]] = Field(
         default_factory=lambda: ["tfidf", "minilm"],
         min_length=1,
         description="tfidf, minilm (frozen encoder + head), minilm-ft (the encoder fine-tuned "
-        "too; ~10x minilm's training time on CPU, so opt in), lora (a LoRA adapter of the "
-        "FM, served by the FM deployment; opt in).",
+        "too; ~10x minilm's training time on CPU, so opt in), minilm-setfit (the encoder "
+        "tuned contrastively on pairs, then minilm's head; opt in too), lora (a LoRA "
+        "adapter of the FM, served by the FM deployment; opt in).",
     )
     seed: int = 0
     num_gpus: float = Field(
         default=0.0, ge=0.0, description="Ray resource request; > 0 lands on GPU workers."
     )
     num_cpus: float = Field(default=1.0, gt=0.0)
+    deadline_s: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="A training job still running after this long is stopped and the round "
+        "fails; unset: PROTEGE_TRAINING_DEADLINE_S.",
+    )
     epochs: int = Field(
         default=200, gt=0, description="MiniLM head: most full-batch L-BFGS iterations."
     )
@@ -430,6 +437,12 @@ class TrainingSpec(StrictModel):
         description="minilm-ft: the head's learning rate (it starts from the frozen-feature fit).",
     )
     lora: LoraSpec = Field(default_factory=LoraSpec)
+    setfit_pairs_per_text: int = Field(
+        default=4, gt=0, description="minilm-setfit: pairs each text takes part in."
+    )
+    setfit_max_pairs: int = Field(
+        default=4000, gt=0, description="minilm-setfit: most pairs per round (CPU time)."
+    )
     tfidf_c: float = Field(
         default=10.0, gt=0.0, description="Inverse L2 strength of the TF-IDF logistic regression."
     )

@@ -4,6 +4,7 @@ completions endpoint (scoring only), e.g. to try the `openai` backend locally.""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,21 +19,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="report a BOS token and vLLM's text offsets (to test clients against them)",
     )
+    parser.add_argument(
+        "--adapters",
+        type=Path,
+        help="a folder of fm-adapter folders, each served under its name (TASK@vVERSION)",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from protege.foundation.server import build_fm_server
+    from protege.foundation.server import adapter_folders, build_fm_server
     from protege.foundation.transformers_backend import TransformersBackend
     from protege.settings import Settings
 
     backend = TransformersBackend.from_settings(Settings())
-    print(
-        f"OpenAI-compatible scoring at http://{args.host}:{args.port}/v1 (model {args.model_name!r})"
-    )
-    uvicorn.run(
-        build_fm_server(backend, args.model_name, args.vllm_offsets), host=args.host, port=args.port
-    )
+    adapters = adapter_folders(args.adapters) if args.adapters else {}
+    models = [args.model_name, *adapters]
+    print(f"OpenAI-compatible scoring at http://{args.host}:{args.port}/v1 (models {models})")
+    app = build_fm_server(backend, args.model_name, args.vllm_offsets, adapters)
+    uvicorn.run(app, host=args.host, port=args.port)
     return 0

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--role",
         action="append",
         required=True,
-        choices=["predict", "feedback", "trusted", "admin"],
+        choices=["predict", "feedback", "trusted", "foundation", "admin"],
         help="repeat for several",
     )
     create.add_argument("--file", help="default: PROTEGE_API_KEYS_FILE or <home>/keys.json")

@@ -32,7 +32,7 @@ def keys_note(settings, new_key: str | None) -> str:
         return "Auth is DISABLED (PROTEGE_AUTH_DISABLED=true): local use only.\n"
     fewer = (
         "Keys with fewer rights: protege keys create --name NAME --role predict\n"
-        "  (roles: predict, feedback, trusted, admin; or PROTEGE_API_KEYS='NAME:KEY=predict',\n"
+        "  (roles: predict, feedback, trusted, foundation, admin; or PROTEGE_API_KEYS='NAME:KEY=predict',\n"
         f"  or entries in {settings.api_keys_file or 'PROTEGE_API_KEYS_FILE'}; see `protege keys -h`).\n"
     )
     if new_key:

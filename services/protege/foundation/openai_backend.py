@@ -3,13 +3,17 @@ a hosted API, or `protege fm-server`). Labels are scored like everywhere else: t
 log-likelihood of each label's words after the prompt, read from the legacy
 completions API with `echo=True, logprobs=0, max_tokens=0` (as lm-eval-harness does).
 The label's tokens are found by counting from the end, never by `text_offset`:
-vLLM's offsets count a BOS token's text and are off by its length."""
+vLLM's offsets count a BOS token's text and are off by its length.
+
+An adapter is asked for by its model name (`model=adapter.name`): the way vLLM's
+OpenAI server (`--lora-modules name=path`) and Ray Serve LLM expose LoRA adapters."""
 
 from __future__ import annotations
 
 import httpx
 import numpy as np
 
+from protege.foundation.backend import Adapter
 from protege.foundation.prompts import continuations, scored_sequences
 from protege.foundation.scoring import label_logprobs, sequence_probabilities
 from protege.schemas import ModelRef
@@ -40,14 +44,19 @@ class OpenAIBackend:
         )
 
     def predict_proba(
-        self, task: TaskSpec, texts: list[str], prompt: PromptSpec | None = None
+        self,
+        task: TaskSpec,
+        texts: list[str],
+        prompt: PromptSpec | None = None,
+        adapter: Adapter | None = None,
     ) -> np.ndarray:
         prompt = prompt or task.prompt
+        model = adapter.name if adapter is not None else self.model
         n_labels = len(continuations(task))
         prefixes, sequences = scored_sequences(task, texts, prompt)
         # Each prompt is echoed alone too: its token count, against its sequences',
         # says how many tokens each label adds, whatever this endpoint's tokenizer.
-        choices = self._echo(sequences + prefixes)
+        choices = self._echo(model, sequences + prefixes)
         prefix_choices = choices[len(sequences) :]
         per_sequence = [
             label_logprobs(
@@ -59,12 +68,12 @@ class OpenAIBackend:
         ]
         return sequence_probabilities(per_sequence, n_labels, prompt.length_normalize)
 
-    def _echo(self, prompts: list[str]) -> list[dict]:
+    def _echo(self, model: str, prompts: list[str]) -> list[dict]:
         """One choice per prompt, in order, each with the log-prob of every token."""
         response = self.client.post(
             "/completions",
             json={
-                "model": self.model,
+                "model": model,
                 "prompt": prompts,
                 "max_tokens": 0,
                 "echo": True,

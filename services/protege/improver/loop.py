@@ -9,7 +9,7 @@ triggers and by `protege improver round TASK` by hand. It reads top to bottom:
 3. set the exam: the trusted gold of the exam bucket (fixed by text hash, never
    trained on), the calibration bucket's, and the FM's answers on both, cheapest
    first (`judge.exam`); too small an exam skips the round, saying what it lacks;
-4. train: distill into the task's specialist families, here or as a Ray task
+4. train: distill into the task's specialist families, here or as a Ray job
    (`training.jobs`), the family chosen on the calibration bucket's trusted gold (the
    exam stays unseen), and the reviews-only model: the chosen family on the reviewed
    training rows alone, the trivial learner a first candidate must beat;
@@ -118,10 +118,11 @@ def default_holder() -> str:
 
 
 def lazy_backend(settings: Settings) -> Callable[[], object]:
-    """A zero-argument factory that loads the deployment's FM once, when first called."""
-    from protege.foundation.backend import create_backend
+    """A zero-argument factory of the deployment's FM over HTTP (`foundation.remote`),
+    made once, when a text must be scored: the improver never loads a model itself."""
+    from protege.foundation.remote import RemoteFoundation
 
-    return functools.cache(lambda: create_backend(settings))
+    return functools.cache(lambda: RemoteFoundation.from_settings(settings))
 
 
 # --------------------------------------------------------------------------- the steps
@@ -192,11 +193,14 @@ def family_validation(task: TaskSpec, examples: Examples) -> tuple[list, list] |
 def lora_inputs(task: TaskSpec, exam: Exam) -> dict:
     """What the `lora` family's job needs besides the data, when the task lists it: the
     task (prompt, label words) and the texts to answer (exam and calibration), since
-    only the job can run its adapter."""
+    only the job can run its adapter; JSON, as a training job's input is."""
     if "lora" not in task.training.families:
         return {}
     calibration = exam.calibration.texts if exam.calibration else []
-    return {"task_spec": task, "answer_texts": [*exam.texts, *calibration]}
+    return {
+        "task_spec": task.model_dump(mode="json"),
+        "answer_texts": [*exam.texts, *calibration],
+    }
 
 
 def reviews_only_model(
@@ -354,9 +358,10 @@ def run_round(
     Never raises for a round that cannot or does not succeed: the outcome says
     `skipped` (not enough data) or `failed` (with the error), and the ledger records
     it. Raises TrainingInProgress when another round of the task holds the lease.
-    `backend` defaults to the deployment's FM, loaded only if a text must be scored;
+    `backend` defaults to the deployment's FM over HTTP, reached only if a text must be scored;
     `trainer` replaces the training step (tests)."""
     started = time.perf_counter()
+    round_id = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # names its training job
     holder = holder or default_holder()
     ledger = RoundLedger.of(store)
     feedback, n_events = store.event_counts(task.name)
@@ -409,6 +414,8 @@ def run_round(
                 train,
                 validation=family_validation(task, examples),
                 use_ray=use_ray,
+                settings=settings,
+                metadata={"round": round_id, "trigger": trigger, "holder": holder},
                 progress=progress,
                 **lora_inputs(task, exam),
             )
@@ -431,8 +438,7 @@ def run_round(
                 reviews_only=baseline.write(Path(tmp) / "reviews-only") if baseline else None,
                 reviews_only_problem=why_not,
                 use=use,
-                # An fm-adapter champion is asked through a ready FM, never one built here.
-                fm=backend if hasattr(backend, "predict_proba") else None,
+                fm=backend,  # the deployment's FM over HTTP, for an fm-adapter champion
             )
             if ledger.state(task.name).holder != holder:
                 raise LeaseLost(f"{task.name}: the round's lease is no longer {holder}'s")

@@ -22,7 +22,7 @@ replicas (or a restart) agree on them; the ledger's lease keeps a task to one ro
 `stop()` (SIGTERM) takes no new work at once, gives a round in progress
 `Settings.improver_stop_timeout_s` to finish, then abandons it: the lease is released
 as `interrupted` (so that the task can train again at once, not after
-`improver_lease_s`) and its Ray training cancelled.
+`improver_lease_s`) and its training job stopped.
 
 With `PROTEGE_IMPROVER_PORT` set, a fourth thread serves the internal HTTP API
 (`protege.improver.api`: /livez, /readyz and the review queue, which ranks with the
@@ -78,7 +78,7 @@ class ImproverService:
     store, registry : built from settings when not given.
     publish : where ModelEvents go (default: a Kafka producer when a broker is configured).
     backend : the FM (or a factory of it) for prompt LFs and the exam; default the
-        deployment's, loaded on first use and kept.
+        deployment's over HTTP, reached on first use and kept.
     group_id : the intake's consumer group (default `settings.improver_group`); retrain
         requests use `<group_id>-requests`.
     ingest : run the intake thread (off: another process fills the store).

@@ -1,17 +1,31 @@
 """Admin routes: the registry's versions of a task's specialist, promotion,
-rollback (an alias move plus a ModelEvent: instant) and retraining on demand."""
+rollback (an alias move plus a ModelEvent: instant) and retraining on demand; the
+improver's training jobs on Ray (list, logs, stop)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import Path as PathParam
+from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
+from protege.jobs import (
+    JOB_ID_PATTERN,
+    JobsUnavailable,
+    UnknownJob,
+    job_logs,
+    list_jobs,
+    stop_job,
+)
 from protege.schemas import Body, Event, ModelEvent, RetrainRequest
 from protege.serving.auth import require
 from protege.serving.champion_watcher import ChampionWatcher
+from protege.settings import Settings
+
+JOB_ID = PathParam(pattern=JOB_ID_PATTERN, description="A training job's id.")
 
 
 class VersionChoice(Body):
@@ -94,5 +108,43 @@ def build_admin_router(
         request = RetrainRequest(task=task)
         publish(request)
         return request
+
+    return router
+
+
+def build_jobs_router(settings: Settings, route_class, errors: Callable[..., dict]) -> APIRouter:
+    """The improver's training jobs on Ray's Jobs API (`protege.jobs`): list, logs, stop.
+    404 for an id that is no Protégé training job; 503 when the job server is away."""
+    router = APIRouter(
+        prefix="/v1/admin/jobs",
+        tags=["admin"],
+        route_class=route_class,
+        dependencies=[Depends(require("admin"))],
+    )
+
+    async def call(operation, *args):
+        try:
+            return await asyncio.to_thread(operation, settings, *args)
+        except UnknownJob as exc:
+            raise HTTPException(404, str(exc)) from None
+        except JobsUnavailable as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "30"}) from None
+
+    @router.get("", responses=errors(503))
+    async def training_jobs(
+        task: str | None = Query(None, max_length=200, description="Only this task's jobs."),
+    ) -> list[dict]:
+        """Running and finished training jobs, newest first, with their task and round."""
+        return [j.to_dict() for j in await call(list_jobs, task)]
+
+    @router.get("/{job_id}/logs", response_class=PlainTextResponse, responses=errors(404, 503))
+    async def training_job_logs(job_id: str = JOB_ID) -> str:
+        """The job's log: its stdout and stderr."""
+        return await call(job_logs, job_id)
+
+    @router.post("/{job_id}/stop", status_code=202, responses=errors(404, 503))
+    async def stop_training_job(job_id: str = JOB_ID) -> dict:
+        """Ask Ray to stop the job; the round waiting for it fails, the champion stays."""
+        return (await call(stop_job, job_id)).to_dict()
 
     return router

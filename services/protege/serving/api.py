@@ -22,10 +22,11 @@ from protege.schemas import (
     ReviewQueue,
     TaskSummary,
 )
-from protege.serving.admin_api import build_admin_router
+from protege.serving.admin_api import build_admin_router, build_jobs_router
 from protege.serving.auth import ApiKeys, Identity, require
 from protege.serving.champion_watcher import ChampionWatcher
 from protege.serving.console import Console, install_console, is_console
+from protege.serving.foundation_api import build_foundation_router
 from protege.serving.gateway import GatewayCore, InputError, UnknownPrediction
 from protege.serving.improver_client import ImproverClient, ImproverUnavailable
 from protege.serving.limits import BodyLimit, CallerLimits
@@ -235,10 +236,14 @@ def build_api(
         return core.event_stats()
 
     app.include_router(router)
+    app.include_router(
+        build_foundation_router(core, settings.fm_score_deadline_s, Utf8Route, errors)
+    )
     if watcher is not None:
         app.include_router(
             build_admin_router(set(core.tasks), watcher, core.publish, Utf8Route, errors)
         )
+    app.include_router(build_jobs_router(settings, Utf8Route, errors))
     console = Console(core, api_keys, settings, improver, watcher, limits)
     install_console(app, console)
 

@@ -3,7 +3,8 @@ dependency that hands the handler the caller's identity:
 `identity: Identity = Depends(require("feedback"))`.
 
 Roles: `predict`, `feedback` (send verdicts), `trusted` (a reviewer whose verdicts may
-grade models: implies feedback), `admin` (implies every role). The identity's name is
+grade models: implies feedback), `foundation` (the improver's: ask the deployment's FM
+under any prompt LF, /v1/foundation), `admin` (implies every role). The identity's name is
 who a verdict is from: a reviewer is the key that sent the verdict, never a field a
 client fills in.
 
@@ -35,7 +36,7 @@ from protege.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ROLES = frozenset({"predict", "feedback", "trusted", "admin"})
+ROLES = frozenset({"predict", "feedback", "trusted", "foundation", "admin"})
 # What a role brings along: admin is every role, a trusted reviewer is a reviewer.
 IMPLIED = {"admin": ROLES, "trusted": frozenset({"trusted", "feedback"})}
 

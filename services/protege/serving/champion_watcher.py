@@ -1,8 +1,8 @@
-"""Keeps every task's specialist at the registry's `champion`: a ModelEvent on
-Kafka triggers a check at once; polling the alias is the fallback when an event
-is missed or Kafka is down. New models load in the background and swap
-atomically (`SpecialistSlots.swap`); a version that fails to load is not
-retried until the alias moves again.
+"""Keeps every task's champion (an ONNX specialist or an FM adapter) at the
+registry's `champion`: a ModelEvent on Kafka triggers a check at once; polling the
+alias is the fallback when an event is missed or Kafka is down. New models load in
+the background and swap atomically (`SpecialistSlots.swap`); a version that fails
+to load is not retried until the alias moves again.
 
 Each replica reads the model events in a consumer group of its own (every replica
 must see every event), named after its place, not drawn at random: a restarted
@@ -52,8 +52,7 @@ class ChampionWatcher:
     def check(self, task: str) -> bool:
         """Load the champion of `task` if it is not what serves; True when swapped."""
         version = self.registry.alias_version(task)
-        live = self.slots.get(task)
-        if version is None or (live and live.model.meta.version == version):
+        if version is None or self.slots.champion_version(task) == version:
             return False
         if self._failed.get(task) == version:
             return False

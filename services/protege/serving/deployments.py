@@ -12,10 +12,11 @@ import numpy as np
 from ray import serve
 
 from protege.foundation.backend import create_backend
+from protege.serving.adapters import AdapterResolver, predict_proba
 from protege.serving.api import build_api
 from protege.serving.auth import ApiKeys
 from protege.serving.champion_watcher import ChampionWatcher
-from protege.serving.foundation_client import HandleFoundation
+from protege.serving.foundation_client import HandleFoundation, prompt_spec
 from protege.serving.gateway import GatewayCore
 from protege.serving.improver_client import ImproverClient
 from protege.serving.metrics import EventLogMetrics, ServingMetrics
@@ -25,36 +26,68 @@ from protege.settings import Settings
 
 log = logging.getLogger(__name__)
 
+ScoreItem = tuple[str, str, str | None, str | None]  # task, text, prompt LF, adapter
+
 
 @serve.deployment(max_ongoing_requests=256)
 class FoundationModel:
-    """texts -> label probabilities, batched across concurrent callers."""
+    """texts -> label probabilities, batched across concurrent callers: by the base
+    model, or by a task's adapter named in the call (downloaded from the registry on
+    its first call, so adapters promoted later serve without a restart)."""
 
     def __init__(self, args: dict):
         settings = Settings(**args)  # secrets from this process's environment
         self.tasks = settings.load_tasks()
         self.backend = create_backend(settings)
+        self.adapters = AdapterResolver(settings)
         self._score_batch.set_max_batch_size(settings.fm_max_batch)
 
     def info(self) -> dict:
         return self.backend.ref.model_dump()
 
-    async def score(self, task: str, text: str) -> list[float]:
-        return await self._score_batch((task, text))
+    async def score(
+        self, task: str, text: str, prompt: str | None = None, adapter: str | None = None
+    ) -> list[float]:
+        """`prompt`: a prompt LF's name (the task's prompt when None); `adapter`: an
+        adapter name, `task@vN` (the base model when None)."""
+        prompt_spec(self.tasks[task], prompt)  # an unknown name fails alone, not its batch
+        row = await self._score_batch((task, text, prompt, adapter))
+        if isinstance(row, Exception):
+            raise row
+        return row
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _score_batch(self, items: list[tuple[str, str]]) -> list[list[float]]:
-        out: list[list[float] | None] = [None] * len(items)
-        by_task: dict[str, list[int]] = {}
-        for i, (task, _) in enumerate(items):
-            by_task.setdefault(task, []).append(i)
-        for task, rows in by_task.items():
-            probs = await asyncio.to_thread(
-                self.backend.predict_proba, self.tasks[task], [items[i][1] for i in rows]
-            )
-            for i, p in zip(rows, np.asarray(probs)):
-                out[i] = p.tolist()
+    async def _score_batch(self, items: list[ScoreItem]) -> list[list[float] | Exception]:
+        """Each (task, prompt, adapter) group scored together, the groups concurrently
+        (vLLM batches them on the GPU; transformers takes them in turn); a group that
+        fails (e.g. an unknown adapter) fails its own calls only."""
+        groups: dict[tuple[str, str | None, str | None], list[int]] = {}
+        for i, (task, _, prompt, adapter) in enumerate(items):
+            groups.setdefault((task, prompt, adapter), []).append(i)
+        results = await asyncio.gather(
+            *(
+                asyncio.to_thread(self._predict, task, [items[i][1] for i in rows], prompt, adapter)
+                for (task, prompt, adapter), rows in groups.items()
+            ),
+            return_exceptions=True,  # handed to each group's callers, raised in `score`
+        )
+        out: list[list[float] | Exception | None] = [None] * len(items)
+        for rows, probs in zip(groups.values(), results):
+            for k, i in enumerate(rows):
+                out[i] = probs if isinstance(probs, Exception) else np.asarray(probs)[k].tolist()
         return out
+
+    def _predict(
+        self, task: str, texts: list[str], prompt: str | None, adapter: str | None
+    ) -> np.ndarray:
+        spec = self.tasks[task]
+        return predict_proba(
+            self.backend,
+            spec,
+            texts,
+            prompt_spec(spec, prompt),
+            self.adapters.resolve(adapter) if adapter else None,
+        )
 
 
 @serve.deployment(max_ongoing_requests=256)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from protege.schemas import (
+    AdapterRef,
     Event,
     FeedbackEvent,
     FeedbackRequest,
@@ -123,8 +124,9 @@ class GatewayCore:
                 lambda _task, batch: live.batcher(batch),
                 task.routing.threshold if threshold is None else threshold,
             )
+        adapter = self.specialists.adapter(task.name)
         try:
-            answers = await self.router.route(task, texts, ids, specialist)
+            answers = await self.router.route(task, texts, ids, specialist, adapter)
         except FoundationUnavailable:
             if self.metrics:
                 self.metrics.error(task.name, "foundation_unavailable")
@@ -143,7 +145,7 @@ class GatewayCore:
             if answer.shadow and len(self._background) >= self.shadow_max_inflight:
                 answer.shadow = False  # the FM is busy: skip the comparison, not the answer
             if answer.shadow:
-                self._in_background(self._shadow(task, text, prediction, answer))
+                self._in_background(self._shadow(task, text, prediction, answer, adapter))
             else:
                 self._emit_prediction(task, text, prediction, answer)
         return PredictResponse(task=task.name, predictions=predictions)
@@ -187,12 +189,18 @@ class GatewayCore:
         )
 
     async def _shadow(
-        self, task: TaskSpec, text: str, prediction: Prediction, answer: RoutedAnswer
+        self,
+        task: TaskSpec,
+        text: str,
+        prediction: Prediction,
+        answer: RoutedAnswer,
+        adapter: AdapterRef | None,
     ) -> None:
-        """The FM's opinion on a specialist answer: recorded, never returned."""
+        """The FM's (or the task's adapter's) opinion on a specialist answer: recorded,
+        never returned."""
         try:
-            probs = (await self.router.score_foundation(task, [text]))[0]
-            answer.foundation = ModelAnswer(self.foundation.ref or prediction.served_by, probs)
+            probs = (await self.router.score_foundation(task, [text], adapter))[0]
+            answer.foundation = ModelAnswer(self.router.foundation_model(adapter), probs)
             if self.metrics:
                 self.metrics.shadow_run(
                     task.name, task.label_names[int(np.argmax(probs))] == prediction.label
@@ -254,6 +262,7 @@ class GatewayCore:
                 foundation=self.foundation.ref or ModelRef(model="foundation", version="loading"),
                 specialist=live.model.ref if live else None,
                 specialist_error=self.specialists.errors.get(task.name),
+                adapter=self.specialists.adapter(task.name),
             ),
         )
 
@@ -266,9 +275,11 @@ class GatewayCore:
         tasks = {}
         for name in self.tasks:
             live = self.specialists.get(name)
+            adapter = self.specialists.adapter(name)
             tasks[name] = {
                 "foundation": fm_detail["ready"],
                 "specialist": live.model.ref.model_dump() if live else None,
                 "specialist_error": self.specialists.errors.get(name),
+                "adapter": adapter.model_dump() if adapter else None,
             }
         return fm_detail["ready"], {"foundation": fm_detail, "tasks": tasks}

@@ -8,6 +8,9 @@ small async class, so that tests exercise every policy without Ray.
 - shadow_rate: on that share of specialist answers the FM also runs, off the
   critical path; its answer is recorded, never returned.
 
+A task whose champion is an FM adapter has every FM call (answers, escalations,
+shadow runs) go to that adapter, never the base model; `served_by` names it.
+
 Every FM call has a deadline. An escalation the FM cannot answer in time (or at all)
 keeps the specialist's answer, marked `degraded`; a text only the FM can answer
 raises `FoundationUnavailable` (a 503: try again).
@@ -23,12 +26,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protege.schemas import ModelRef, Route
+from protege.schemas import AdapterRef, ModelRef, Route
 from protege.taskspec import Policy, TaskSpec
 
 log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[TaskSpec, list[str]], Awaitable[np.ndarray]]
+# The FM: (task, texts, adapter name or None for the base model) -> [N, C].
+FoundationScoreFn = Callable[[TaskSpec, list[str], str | None], Awaitable[np.ndarray]]
 
 
 class FoundationUnavailable(RuntimeError):
@@ -69,7 +74,7 @@ class Router:
 
     def __init__(
         self,
-        score_foundation: ScoreFn,
+        score_foundation: FoundationScoreFn,
         foundation_ref: Callable[[], ModelRef],
         deadline_s: float | None = None,
     ):
@@ -77,10 +82,19 @@ class Router:
         self.foundation_ref = foundation_ref
         self.deadline_s = deadline_s
 
-    async def score_foundation(self, task: TaskSpec, texts: list[str]) -> np.ndarray:
-        """The FM's answers within the deadline, or FoundationUnavailable."""
+    def foundation_model(self, adapter: AdapterRef | None) -> ModelRef:
+        """Who answers a task's FM calls: its adapter, else the base model."""
+        return adapter.ref if adapter is not None else self.foundation_ref()
+
+    async def score_foundation(
+        self, task: TaskSpec, texts: list[str], adapter: AdapterRef | None = None
+    ) -> np.ndarray:
+        """The FM's (or `adapter`'s) answers within the deadline, or FoundationUnavailable."""
+        name = adapter.name if adapter is not None else None
         try:
-            return await asyncio.wait_for(self._score_foundation(task, texts), self.deadline_s)
+            return await asyncio.wait_for(
+                self._score_foundation(task, texts, name), self.deadline_s
+            )
         except TimeoutError:
             raise FoundationUnavailable(
                 f"the foundation model did not answer within {self.deadline_s:g} s"
@@ -98,12 +112,14 @@ class Router:
         texts: list[str],
         prediction_ids: list[str],
         specialist: tuple[ModelRef, ScoreFn, float] | None,
+        adapter: AdapterRef | None = None,
     ) -> list[RoutedAnswer]:
-        """`specialist` is (its model ref, its scoring function, its threshold) or None."""
+        """`specialist` is (its model ref, its scoring function, its threshold) or None;
+        `adapter`, the task's champion adapter, takes the base model's place."""
         policy = task.routing.policy
         if specialist is None or policy is Policy.foundation_only:
-            probs = await self.score_foundation(task, texts)
-            ref = self.foundation_ref()
+            probs = await self.score_foundation(task, texts, adapter)
+            ref = self.foundation_model(adapter)
             return [
                 RoutedAnswer(Route.foundation, ModelAnswer(ref, p), foundation=ModelAnswer(ref, p))
                 for p in probs
@@ -117,7 +133,7 @@ class Router:
         escalated = [i for i, p in enumerate(probs) if escalates(policy, float(p.max()), threshold)]
         if escalated:
             try:
-                fm_probs = await self.score_foundation(task, [texts[i] for i in escalated])
+                fm_probs = await self.score_foundation(task, [texts[i] for i in escalated], adapter)
             except FoundationUnavailable as exc:
                 log.warning(
                     "%s: %s; %d specialist answers degraded", task.name, exc, len(escalated)
@@ -125,7 +141,7 @@ class Router:
                 for i in escalated:
                     answers[i].degraded = True
             else:
-                fm_ref = self.foundation_ref()
+                fm_ref = self.foundation_model(adapter)
                 for i, p in zip(escalated, fm_probs):
                     answers[i].route = Route.escalated
                     answers[i].answer = answers[i].foundation = ModelAnswer(fm_ref, p)

@@ -194,7 +194,10 @@ def evaluate_adapter(
     champion: Champion, task: TaskSpec, texts: list[str], gold: np.ndarray, fm
 ) -> tuple[Evaluation | None, str | None]:
     """An fm-adapter champion's answers from the FM with its adapter (latency not
-    measured: the FM's, not a specialist's)."""
+    measured: the FM's, not a specialist's). `fm` may be a zero-argument factory of the
+    backend, called only here."""
+    if callable(fm) and not hasattr(fm, "predict_proba"):
+        fm = fm()
     if fm is None:
         return None, (
             f"champion version {champion.version} is an FM adapter and no FM was given to score it"
@@ -260,8 +263,8 @@ def judge(
     `reviews_only` is the folder of the round's reviews-only model (or
     `reviews_only_problem` says why there is none); `use` places the decision in its
     exam generation's significance budget (default: the full `gate.significance`);
-    `fm` scores an fm-adapter champion (None: such a champion is not evaluated, and
-    the judgement says why)."""
+    `fm` (a backend or a factory of one) scores an fm-adapter champion (None: such a
+    champion is not evaluated, and the judgement says why)."""
     labels = task.label_names
     gold = label_indices(labels, exam.labels)
     notes: list[str] = []

@@ -116,6 +116,18 @@ def to_labels(probs: np.ndarray, covered: np.ndarray, seed: int = 0) -> np.ndarr
     return labels
 
 
+def balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    """Mean recall over the labels present in `y` (y >= 0; an abstain is wrong). The
+    reviewed rows labelers are compared on are the review queue's picks, not a sample
+    of the traffic: on gold that is 80 % one label, plain accuracy crowns a labeler
+    that answers that label everywhere."""
+    known = y >= 0
+    labels = np.unique(y[known])
+    if not len(labels):
+        return float("nan")
+    return float(np.mean([np.mean(pred[known & (y == c)] == c) for c in labels]))
+
+
 def accuracy(
     pred: np.ndarray, y: np.ndarray, seed: int = 0, cardinality: int | None = None
 ) -> float:

@@ -5,7 +5,8 @@ The label model is fitted on the ``train`` split only and chooses between Snorke
 model and majority vote on the train split's gold; the ``exam`` and ``calibration``
 buckets are left for the gate and the cascade threshold. Once the train split holds
 enough gold (`labeling.label_model.stack_min_gold`), three labelers are compared on
-the reviewed training rows, without leakage (feedback LFs never vote on the row they
+the reviewed training rows by balanced accuracy (the queue's picks can lean one way),
+without leakage (feedback LFs never vote on the row they
 grade; the stacks are cross-fitted): the label model, gold stacking
 (`labeling.stacking`: the text and the LFs' votes, weighed on the reviewed rows) and the
 text alone (what the reviews teach without any LF). The best labels the round; a
@@ -46,7 +47,7 @@ from protege.improver.labeling.functions import (
 )
 from protege.improver.labeling.label_model import (
     LabelModelFit,
-    accuracy,
+    balanced_accuracy,
     exclude_labels,
     fit_label_model,
     to_labels,
@@ -123,10 +124,13 @@ def label_examples(
     if stack is not None:
         graded = train & (gold_y >= 0)
         blind = to_labels(fit.model.predict_proba(blind_L[graded]), np.ones(graded.sum(), bool))
+        # Balanced: the reviewed rows are the queue's picks, which can lean one way.
         scores = {
-            "stacked": stack.gold_accuracy,
-            "reviews_only": stack.text_gold_accuracy,
-            fit.kind: accuracy(blind, gold_y[graded]),
+            "stacked": balanced_accuracy(stack.probs[graded].argmax(axis=1), gold_y[graded]),
+            "reviews_only": balanced_accuracy(
+                stack.text_probs[graded].argmax(axis=1), gold_y[graded]
+            ),
+            fit.kind: balanced_accuracy(blind, gold_y[graded]),
         }
         chosen = max(scores, key=scores.get)  # ties: the first, i.e. the stack
         fit.choice["stacked"] = {**stack.summary(), "scores": scores, "chosen": chosen}

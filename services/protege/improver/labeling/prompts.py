@@ -65,8 +65,8 @@ class PromptLF(LabelingFunction):
     spec : the prompt and its threshold.
     task : the task whose labels it scores.
     backend : a ``FoundationBackend``, or a zero-argument callable returning one; a
-        callable is only called when some text is not in the cache (loading the FM
-        takes seconds).
+        callable is only called when some text is not in the cache (the deployment's
+        FM is then asked over HTTP).
     cache : where scores are kept between runs.
     model_name : part of the cache key; defaults to the backend's ``ref.model``.
     budget : most uncached texts scored per `prepare` (the last points, i.e. the newest);
@@ -116,10 +116,11 @@ class PromptLF(LabelingFunction):
         cached = self.cache.get_scores(key, unique)
         missing = [t for t in unique if t not in cached]
         if missing:
-            task = self.task_spec.model_copy(update={"prompt": self.spec.as_prompt()})
+            task, prompt = self.task_spec, self.spec.as_prompt()
             for start in range(0, len(missing), self.max_batch):
                 batch = missing[start : start + self.max_batch]
-                probs = np.asarray(self.backend.predict_proba(task, batch), dtype=np.float64)
+                probs = self.backend.predict_proba(task, batch, prompt=prompt)
+                probs = np.asarray(probs, dtype=np.float64)
                 self.cache.put_scores(key, batch, probs)
                 cached.update(zip(batch, probs))
                 self.scored += len(batch)

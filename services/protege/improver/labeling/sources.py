@@ -27,7 +27,8 @@ def task_lfs(
     """The task's LFs from the chosen sources, in a stable order.
 
     `backend` (a FoundationBackend or a factory of one) is needed only for prompt LFs;
-    without one they are built from the deployment's settings when first needed.
+    without one they ask the deployment's FM over HTTP (`foundation.remote`), connecting
+    only when a text is not in the cache.
     `prompt_budget` caps the new texts each prompt LF scores per apply.
     """
     unknown = set(sources) - set(SOURCES)
@@ -52,28 +53,19 @@ def task_lfs(
 
 
 def default_model_name() -> str:
-    """The deployment's FM name without loading it, so cached prompt scores need no FM."""
-    from pathlib import Path
-
+    """The deployment's FM name without asking it, so cached prompt scores need no FM."""
+    from protege.foundation.remote import served_model_name
     from protege.settings import Settings
 
-    settings = Settings()
-    if settings.fm_model:
-        return (
-            Path(settings.fm_model).name
-            if settings.fm_backend == "transformers"
-            else settings.fm_model
-        )
-    from protege.foundation.smollm import MODEL_NAME
-
-    return MODEL_NAME
+    return served_model_name(Settings())
 
 
 def _default_backend():
-    from protege.foundation.backend import create_backend
+    """The deployment's FM over HTTP (the improver never loads one of its own)."""
+    from protege.foundation.remote import RemoteFoundation
     from protege.settings import Settings
 
-    return create_backend(Settings())
+    return RemoteFoundation.from_settings(Settings())
 
 
 def lfs_from_modules(modules: Sequence[str], task: str | None = None) -> list[LabelingFunction]:

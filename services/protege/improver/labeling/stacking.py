@@ -83,8 +83,11 @@ def text_features(texts: list[str]) -> sparse.csr_matrix:
 
 def _fit_predict(X, y, rows_fit, rows_out, cardinality: int, c: float, seed: int) -> np.ndarray:
     """Probabilities over every label for `rows_out`, from a model fitted on `rows_fit`
-    (labels the fitting rows lack get probability 0)."""
-    model = LogisticRegression(C=c, max_iter=3000, random_state=seed)
+    (labels the fitting rows lack get probability 0). Classes are weighted inversely to
+    their share of the reviews: the review queue picks texts near the boundary, not a
+    sample of the traffic, so early reviews can lean one way (the demo's first 30 were
+    mostly one label) and an unweighted fit then labels all the traffic that way."""
+    model = LogisticRegression(C=c, max_iter=3000, random_state=seed, class_weight="balanced")
     model.fit(X[rows_fit], y[rows_fit])
     out = np.zeros((len(rows_out), cardinality))
     out[:, model.classes_] = model.predict_proba(X[rows_out])

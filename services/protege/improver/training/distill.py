@@ -18,13 +18,19 @@ from pathlib import Path
 import numpy as np
 
 from protege.artifact import ADAPTER_KIND, Specialist, SpecialistFiles, read_answers
-from protege.improver.training import lora, minilm, minilm_ft, tfidf
+from protege.improver.training import lora, minilm, minilm_ft, minilm_setfit, tfidf
 from protege.improver.training.dataset import TrainingSet, label_indices
 from protege.taskspec import TaskSpec, TrainingSpec
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"tfidf": tfidf, "minilm": minilm, "minilm-ft": minilm_ft, "lora": lora}
+FAMILIES = {
+    "tfidf": tfidf,
+    "minilm": minilm,
+    "minilm-ft": minilm_ft,
+    "minilm-setfit": minilm_setfit,
+    "lora": lora,
+}
 CANDIDATE_VERSION = "candidate"  # until the registry assigns one
 # Below this many gold rows the hold-out is drawn from all rows (soft labels' argmax).
 MIN_GOLD_FOR_VALIDATION = 200
@@ -86,7 +92,7 @@ def train_specialist(
     validation: Validation | None = None,
     *,
     progress: bool = True,
-    task_spec: TaskSpec | None = None,
+    task_spec: TaskSpec | dict | None = None,
     answer_texts: Sequence[str] = (),
 ) -> Candidate:
     """Train every family in `spec.families` and return the better on validation.
@@ -94,8 +100,9 @@ def train_specialist(
     `validation` is (texts, gold labels); without it a stratified
     `spec.validation_fraction` of `train` is held out (of its gold rows when it has
     `MIN_GOLD_FOR_VALIDATION`). Ties go to the earlier family in the list (list the
-    cheaper first). The `lora` family needs `task_spec` (its prompt and label words)
-    and answers `answer_texts` (the exam's and calibration set's) besides validation."""
+    cheaper first). The `lora` family needs `task_spec` (its prompt and label words; a
+    TaskSpec or its JSON dump, as a job's input carries it) and answers `answer_texts`
+    (the exam's and calibration set's) besides validation."""
     from tqdm.auto import tqdm
 
     labels = list(train.labels)
@@ -122,7 +129,7 @@ def train_specialist(
                 train,
                 spec,
                 progress,
-                task=task_spec,
+                task=TaskSpec.model_validate(task_spec),
                 answer_texts=[*answer_texts, *val_texts],
             )
         else:
@@ -187,7 +194,7 @@ def time_training(
     so that the figure scales with the data."""
     spec = spec or TrainingSpec()
     module = FAMILIES[family]
-    if warm and module in (minilm, minilm_ft):
+    if warm and module in (minilm, minilm_ft, minilm_setfit):
         minilm.load_encoder()
     start, cpu = time.perf_counter(), time.process_time()
     files = module.train(train, spec, progress=progress)
