@@ -86,7 +86,7 @@ def folder(tmp_path_factory, task, data, zero_shot):
         SPEC,
         (data.texts[:8], data.targets[:8].argmax(axis=1)),
         progress=False,
-        task_spec=task,
+        task_spec=task.model_dump(mode="json"),  # as a training job's JSON input has it
         answer_texts=data.texts,
     )
     assert candidate.family == "lora"

@@ -148,15 +148,18 @@ class TransformersBackend:
             return first
         return first + self._rest_loglik(_output_cache(out), prefix_mask, label_ids)
 
-    @torch.inference_mode()
-    def token_logprobs(self, text: str) -> tuple[list[str], list[float | None], list[int]]:
+    def token_logprobs(
+        self, text: str, adapter: Adapter | None = None
+    ) -> tuple[list[str], list[float | None], list[int]]:
         """Each token of `text`, its log-prob given the tokens before it (None for the
-        first) and its character offset: what an OpenAI `echo` completion reports."""
+        first) and its character offset: what an OpenAI `echo` completion reports, by the
+        base model or `adapter` (the server's adapter models)."""
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = encoded["input_ids"]
-        with self._lock, self._scoring_with(None):
+        # Inference mode after the adapter is loaded: PEFT cannot load inference tensors.
+        with self._lock, self._scoring_with(adapter), torch.inference_mode():
             logits = self.model(input_ids=torch.tensor([ids])).logits[0]
-        logp = torch.log_softmax(logits.float(), dim=-1)
+            logp = torch.log_softmax(logits.float(), dim=-1)
         values: list[float | None] = [None] + [
             float(logp[k - 1, ids[k]]) for k in range(1, len(ids))
         ]
