@@ -17,6 +17,7 @@ from protege import datasets
 from protege.artifact import (
     ADAPTER_DIR,
     ADAPTER_KIND,
+    ANSWERS_FILE,
     SpecialistFiles,
     SpecialistLoadError,
     SpecialistMeta,
@@ -31,7 +32,8 @@ from protege.improver.judge.judgement import Champion, judge
 from protege.improver.loop import lora_inputs
 from protege.improver.training import lora
 from protege.improver.training.dataset import TrainingSet
-from protege.improver.training.distill import train_specialist
+from protege.improver.training.distill import Candidate, train_specialist
+from protege.improver.training.exchange import read_candidate, write_candidate
 from protege.registry import Registry
 from protege.settings import Settings
 from protege.taskspec import LoraSpec, TaskSpec, TrainingSpec
@@ -223,3 +225,20 @@ def test_loaded_adapters_are_bounded_least_recently_used_first(backend, task, fo
     assert list(backend._adapters) == names[1:]  # the first, least recent, was dropped
     again = backend.predict_proba(task, ["nice"], adapter=Adapter(names[0], folder))
     np.testing.assert_allclose(again, answers[0], atol=1e-6)  # loaded again, the same
+
+
+def test_a_training_jobs_adapter_candidate_travels_as_json_and_files(folder, tmp_path):
+    files = SpecialistFiles(
+        model="smollm2-lora",
+        onnx=None,
+        extra={f"{ADAPTER_DIR}/{p.name}": p.read_bytes() for p in (folder / ADAPTER_DIR).iterdir()}
+        | {ANSWERS_FILE: (folder / ANSWERS_FILE).read_bytes()},
+        params={"base_model": "smollm2-135m-instruct"},
+        kind=ADAPTER_KIND,
+        base_model="smollm2-135m-instruct",
+    )
+    sent = Candidate("youtube-spam", ["HAM", "SPAM"], "lora", files, {"lora": 0.9}, {"lora": 1.0})
+    received = read_candidate(write_candidate(sent, tmp_path / "out"))
+    assert received == sent
+    copy = received.write(tmp_path / "copy")
+    assert is_adapter(copy) and (copy / ADAPTER_DIR / "adapter_model.safetensors").exists()
