@@ -29,7 +29,7 @@ from protege.foundation.lora import train_adapter
 from protege.foundation.transformers_backend import MAX_ADAPTERS
 from protege.improver.judge.exam import Exam, FoundationAnswers
 from protege.improver.judge.judgement import Champion, judge
-from protege.improver.loop import lora_inputs
+from protege.improver.loop import lora_inputs, reviews_only_model
 from protege.improver.training import lora
 from protege.improver.training.dataset import TrainingSet
 from protege.improver.training.distill import Candidate, train_specialist
@@ -242,3 +242,8 @@ def test_a_training_jobs_adapter_candidate_travels_as_json_and_files(folder, tmp
     assert received == sent
     copy = received.write(tmp_path / "copy")
     assert is_adapter(copy) and (copy / ADAPTER_DIR / "adapter_model.safetensors").exists()
+
+
+def test_a_round_trains_no_reviews_only_adapter_beside_itself(task):
+    model, why_not = reviews_only_model(task, None, "lora")
+    assert model is None and "training job" in why_not

@@ -204,14 +204,14 @@ def lora_inputs(task: TaskSpec, exam: Exam) -> dict:
 
 
 def reviews_only_model(
-    task: TaskSpec,
-    labeled: LabeledData,
-    family: str,
-    trainer: Trainer | None = None,
-    **lora: object,
+    task: TaskSpec, labeled: LabeledData, family: str, trainer: Trainer | None = None
 ) -> tuple[Candidate | None, str | None]:
     """(model, why not): `family` trained on the train bucket's gold alone (reviews and
-    imported labels, no LFs, no FM): what the reviews would buy without the loop."""
+    imported labels, no LFs, no FM): what the reviews would buy without the loop. Not
+    for `lora`: it trains the FM, which only a training job loads (it is gated against
+    the FM's own answers instead)."""
+    if family == "lora" and trainer is None:
+        return None, "the lora family trains in a training job, not beside the round"
     gold = labeled.train_gold()
     present = {g.label for g in gold}
     if len(present) < 2:
@@ -224,10 +224,7 @@ def reviews_only_model(
         return trainer(spec, data), None
     # One family: nothing to choose between, so its own rows stand in for validation.
     validation = (data.texts, data.targets.argmax(axis=1))
-    return (
-        train_specialist(task.name, data, spec.training, validation, progress=False, **lora),
-        None,
-    )
+    return train_specialist(task.name, data, spec.training, validation, progress=False), None
 
 
 def fetch_champion(registry: Registry, task: TaskSpec) -> Champion | None:
@@ -422,9 +419,7 @@ def run_round(
         else:
             candidate = trainer(task, train)
         report.family = candidate.family
-        baseline, why_not = reviews_only_model(
-            task, labeled, candidate.family, trainer, **lora_inputs(task, exam)
-        )
+        baseline, why_not = reviews_only_model(task, labeled, candidate.family, trainer)
         lfs = lf_report(labeled)
         use = exam_use(store, task, exam.texts)
         with tempfile.TemporaryDirectory(prefix=f"protege-{task.name}-") as tmp:
