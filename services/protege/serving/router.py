@@ -32,8 +32,9 @@ from protege.taskspec import Policy, TaskSpec
 log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[TaskSpec, list[str]], Awaitable[np.ndarray]]
-# The FM: (task, texts, adapter name or None for the base model) -> [N, C].
-FoundationScoreFn = Callable[[TaskSpec, list[str], str | None], Awaitable[np.ndarray]]
+# The FM: (task, texts, adapter=name or None for the base model) -> [N, C]; `adapter`
+# by keyword, since the clients' third parameter is the prompt LF's name.
+FoundationScoreFn = Callable[..., Awaitable[np.ndarray]]
 
 
 class FoundationUnavailable(RuntimeError):
@@ -93,7 +94,7 @@ class Router:
         name = adapter.name if adapter is not None else None
         try:
             return await asyncio.wait_for(
-                self._score_foundation(task, texts, name), self.deadline_s
+                self._score_foundation(task, texts, adapter=name), self.deadline_s
             )
         except TimeoutError:
             raise FoundationUnavailable(
