@@ -141,9 +141,9 @@ def improver_fm_imports(package: Path = PACKAGE) -> list[tuple[str, str]]:
     return found
 
 
-# The lora family trains the FM itself: it runs in its training job's process (a Ray
-# job, `training/jobs.py`), which loads the model; the improver's own process does only
-# where it trains in-process, without Ray.
+# The lora family trains the FM itself: it runs only in its training job's process (a
+# Ray job, `training/jobs.py`), which loads the model; in the improver's own process
+# `train_candidate` refuses it (TrainingNeedsJob, tests/test_training_jobs.py).
 TRAINING_JOB_FM = {"improver/training/lora.py"}
 
 

@@ -232,6 +232,36 @@ def test_a_round_trains_as_a_ray_job_and_promotes(store, registry, settings, mon
     assert not list(Path(settings.jobs_uri).glob(f"{job['id']}/*"))
 
 
+def test_a_lora_round_trains_the_fms_adapter_in_its_job_and_is_judged_on_the_exam(
+    store, registry, settings
+):
+    """The FM's own adapter as a candidate family: trained in the job's process (which
+    loads the FM; the improver does not), its exam answers made there, judged and
+    registered like any candidate, its base model recorded."""
+    lora = task_with(families=["lora"], lora={"steps": 4, "batch_size": 2, "rank": 4})
+    report = a_round(lora, store, registry, settings, "lora-round")
+    assert report.outcome in ("promoted", "rejected"), report.reasons
+    assert report.family == "lora"
+    version = registry.client.get_model_version(registry.registered_name(TASK), report.version)
+    params = registry.client.get_run(version.run_id).data.params
+    assert params["kind"] == "fm-adapter" and params["base_model"]
+    exam = report.judgement.candidate.metrics
+    assert exam.n == report.data["exam"] and 0.0 <= exam.accuracy <= 1.0
+
+
+def test_a_family_that_trains_the_fm_never_trains_in_the_improvers_process(
+    store, registry, settings
+):
+    here = settings.model_copy(update={"improver_ray": "never"})
+    lora = task_with(families=["tfidf", "lora"], lora={"steps": 2, "batch_size": 2})
+    before = len(registry.list(TASK))
+    report = a_round(lora, store, registry, here, "lora-here")
+    assert report.outcome == "failed"
+    assert "TrainingNeedsJob" in report.reasons[0] and "only a training job" in report.reasons[0]
+    assert len(registry.list(TASK)) == before
+    assert RoundLedger.of(store).state(TASK).holder is None
+
+
 def test_a_job_stopped_mid_run_fails_the_round_and_the_champion_stays(store, registry, settings):
     before = registry.alias_version(TASK, CHAMPION), len(registry.list(TASK))
     long = task_with(families=["minilm-ft"], finetune_epochs=50, deadline_s=600)

@@ -207,6 +207,15 @@ def cancel_training(task_name: str) -> bool:
     return True
 
 
+# Families that load the foundation model to train: a training job's process may, the
+# improver's own never does (it asks the deployment's FM for answers instead).
+FM_FAMILIES = frozenset({"lora"})
+
+
+class TrainingNeedsJob(RuntimeError):
+    """The task's families include one that trains the FM, and no training job can run."""
+
+
 def train_candidate(
     task: TaskSpec,
     train: TrainingSet,
@@ -220,7 +229,16 @@ def train_candidate(
 ) -> Candidate:
     """Distill `train` into the task's specialist families, as a Ray job (`use_ray`) or
     here; the family is chosen on `validation` (texts, labels) when given (see
-    `train_specialist`, which gets `kwargs` too)."""
+    `train_specialist`, which gets `kwargs` too). A family that trains the FM runs
+    only as a job: here it fails the round, saying so (TrainingNeedsJob)."""
+    fm_families = sorted(FM_FAMILIES & set(task.training.families))
+    if fm_families and not use_ray:
+        raise TrainingNeedsJob(
+            f"{task.name}: the {', '.join(fm_families)} family trains the foundation model, "
+            "which only a training job loads (the improver's process never does): give the "
+            "improver a Ray job server (PROTEGE_RAY_DASHBOARD_URL; PROTEGE_IMPROVER_RAY=auto "
+            "or always) or drop the family from training.families"
+        )
     if use_ray:
         return train_as_job(
             task,
@@ -257,7 +275,12 @@ def should_use_ray(task: TaskSpec, settings: Settings) -> bool:
     except JobsUnavailable as exc:
         log.warning("%s: training in-process: %s", task.name, exc)
         return False
-    if task.training.num_gpus > 0 or free is None or free >= task.training.num_cpus:
+    if (
+        task.training.num_gpus > 0
+        or FM_FAMILIES & set(task.training.families)  # only a job can train those
+        or free is None
+        or free >= task.training.num_cpus
+    ):
         return True
     log.info(
         "%s: %.1f free Ray CPUs < %.1f asked: training in-process",
