@@ -14,6 +14,7 @@ on the task's whole test split.
 
     python bench/families.py                       # both tasks: past 10 min on 2 cores
     python bench/families.py --tasks youtube-spam  # one task (what README quotes)
+    python bench/families.py --tasks youtube-spam --families minilm minilm-setfit
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def main() -> None:
     payload["machine_after"] = machine()
     # A run of some tasks only keeps its own file: it does not overwrite the full run's.
     name = "families" if set(args.tasks) == set(TASKS) else "_".join(["families", *args.tasks])
+    if set(args.families) != set(FAMILIES):  # nor does a run of some families
+        name = "_".join([name, *args.families])
     print(f"wrote {write_results(name, payload)}")
 
 
