@@ -112,6 +112,16 @@ def build_admin_router(
     return router
 
 
+def json_errors(responses: dict) -> dict:
+    """`errors(...)` for a route whose success body is not JSON: FastAPI would document
+    its errors in the route's media type, but they are JSON (`ErrorBody`) as everywhere."""
+    schema = {"$ref": "#/components/schemas/ErrorBody"}
+    return {
+        code: {"description": r["description"], "content": {"application/json": {"schema": schema}}}
+        for code, r in responses.items()
+    }
+
+
 def build_jobs_router(settings: Settings, route_class, errors: Callable[..., dict]) -> APIRouter:
     """The improver's training jobs on Ray's Jobs API (`protege.jobs`): list, logs, stop.
     404 for an id that is no Protégé training job; 503 when the job server is away."""
@@ -137,7 +147,9 @@ def build_jobs_router(settings: Settings, route_class, errors: Callable[..., dic
         """Running and finished training jobs, newest first, with their task and round."""
         return [j.to_dict() for j in await call(list_jobs, task)]
 
-    @router.get("/{job_id}/logs", response_class=PlainTextResponse, responses=errors(404, 503))
+    @router.get(
+        "/{job_id}/logs", response_class=PlainTextResponse, responses=json_errors(errors(404, 503))
+    )
     async def training_job_logs(job_id: str = JOB_ID) -> str:
         """The job's log: its stdout and stderr."""
         return await call(job_logs, job_id)
