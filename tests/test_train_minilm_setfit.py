@@ -38,7 +38,7 @@ def trained(youtube, tmp_path_factory):
     frozen, _ = minilm.load_encoder()
     before = {name: p.detach().clone() for name, p in frozen.named_parameters()}
     encoder = minilm_setfit.contrastive_tune(data, SPEC, progress=False)
-    files = minilm_setfit.train(data, SPEC, progress=False)
+    files = minilm_setfit.with_head(encoder, data, SPEC, progress=False)
     folder = files.write(
         tmp_path_factory.mktemp("setfit"), task="youtube-spam", labels=LABELS, version="t"
     )

@@ -72,13 +72,12 @@ def settings(cluster, tmp_path_factory) -> Settings:
     )
 
 
-@pytest.fixture(scope="module")
-def store(settings) -> ExampleStore:
-    """youtube's train texts as served predictions (the LFs label them), its exam and
-    calibration buckets' gold imported: enough for a first specialist to be promoted."""
+def filled(store: ExampleStore, rows: int | None = None) -> ExampleStore:
+    """youtube's train texts (the first `rows`) as served predictions (the LFs label
+    them), their exam and calibration buckets' gold imported."""
     task = load_tasks(DEFAULT_TASKS_FILE)[TASK]
     train = datasets.youtube("train")
-    store = ExampleStore.from_settings(settings)
+    texts, labels = train.texts[:rows], train.labels[:rows]
     store.record_many(
         [
             PredictionEvent(
@@ -91,11 +90,18 @@ def store(settings) -> ExampleStore:
                 served_by=ModelRef(model="m", version="1"),
                 latency_ms=1.0,
             )
-            for i, text in enumerate(train.texts)
+            for i, text in enumerate(texts)
         ]
     )
-    gold = [(t, y) for t, y in zip(train.texts, train.labels) if task_split(task, t) != "train"]
+    gold = [(t, y) for t, y in zip(texts, labels) if task_split(task, t) != "train"]
     store.import_gold(TASK, gold, source="test")
+    return store
+
+
+@pytest.fixture(scope="module")
+def store(settings) -> ExampleStore:
+    """All of youtube's train split: enough for a first specialist to be promoted."""
+    store = filled(ExampleStore.from_settings(settings))
     yield store
     store.close()
 
@@ -233,13 +239,16 @@ def test_a_round_trains_as_a_ray_job_and_promotes(store, registry, settings, mon
 
 
 def test_a_lora_round_trains_the_fms_adapter_in_its_job_and_is_judged_on_the_exam(
-    store, registry, settings
+    registry, settings, tmp_path
 ):
     """The FM's own adapter as a candidate family: trained in the job's process (which
     loads the FM; the improver does not), its exam answers made there, judged and
-    registered like any candidate, its base model recorded."""
+    registered like any candidate, its base model recorded. A store of 400 texts: the
+    job's FM answers every exam and calibration text (~5 a second here)."""
+    small = filled(ExampleStore(f"sqlite:///{tmp_path / 'small.db'}"), rows=400)
     lora = task_with(families=["lora"], lora={"steps": 4, "batch_size": 2, "rank": 4})
-    report = a_round(lora, store, registry, settings, "lora-round")
+    report = a_round(lora, small, registry, settings, "lora-round")
+    small.close()
     assert report.outcome in ("promoted", "rejected"), report.reasons
     assert report.family == "lora"
     version = registry.client.get_model_version(registry.registered_name(TASK), report.version)

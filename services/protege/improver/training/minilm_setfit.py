@@ -100,10 +100,11 @@ def contrastive_tune(data: TrainingSet, spec: TrainingSpec, progress: bool = Tru
     return encoder.cpu().eval().requires_grad_(False)
 
 
-def train(data: TrainingSet, spec: TrainingSpec, progress: bool = True) -> SpecialistFiles:
-    """Contrastive stage, then `minilm`'s head on the tuned encoder's embeddings; one
-    ONNX graph with `tokenizer.json` alongside."""
-    encoder = contrastive_tune(data, spec, progress)
+def with_head(
+    encoder: nn.Module, data: TrainingSet, spec: TrainingSpec, progress: bool = True
+) -> SpecialistFiles:
+    """`minilm`'s head on the tuned encoder's embeddings; one ONNX graph with
+    `tokenizer.json` alongside."""
     embeddings = encode(data.texts, encoder=encoder, progress=progress, desc=f"{NAME}: encode")
     c = spec.minilm_c or minilm.choose_c(embeddings, data, spec, torch.device("cpu"))
     head = minilm.fit_head(embeddings, data.targets, data.weights, spec, c=c, progress=progress)
@@ -115,3 +116,8 @@ def train(data: TrainingSet, spec: TrainingSpec, progress: bool = True) -> Speci
         "minilm_c": c,
     }
     return minilm.export(minilm.MiniLMClassifier(encoder, head).eval(), NAME, params)
+
+
+def train(data: TrainingSet, spec: TrainingSpec, progress: bool = True) -> SpecialistFiles:
+    """The contrastive stage, then the head."""
+    return with_head(contrastive_tune(data, spec, progress), data, spec, progress)
