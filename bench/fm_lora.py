@@ -14,6 +14,7 @@ test accuracy on the test split (youtube all 250; banking77 a seeded sample).
 
     PYTHONPATH=services .venv/bin/python bench/fm_lora.py            # ~20 min on 2 cores
     PYTHONPATH=services .venv/bin/python bench/fm_lora.py --tasks youtube-spam
+    PYTHONPATH=services .venv/bin/python bench/fm_lora.py --tasks banking77 --steps 8 --test-texts 77
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def main() -> None:
     )
     parser.add_argument("--tasks", nargs="+", default=list(STEPS), choices=list(STEPS))
     parser.add_argument("--steps", type=int, help="override the per-task step budget")
+    parser.add_argument("--test-texts", type=int, help="override the per-task test sample")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -113,7 +115,11 @@ def main() -> None:
     started = time.perf_counter()
     for name in args.tasks:
         figures = run_task(
-            backend, tasks[name], args.steps or STEPS[name], TEST_TEXTS[name], args.seed
+            backend,
+            tasks[name],
+            args.steps or STEPS[name],
+            args.test_texts or TEST_TEXTS[name],
+            args.seed,
         )
         if base_file.exists():
             figures["adapter_over_base_size"] = round(
@@ -121,6 +127,7 @@ def main() -> None:
             )
         payload["tasks"][name] = figures
         print(f"{name}: {figures}", flush=True)
+        write_results(f"fm_lora_{name}", {"machine": payload["machine"], name: figures})
     payload["wall_s"] = round(time.perf_counter() - started, 1)
     payload["machine_after"] = machine()
     stem = "fm_lora" if set(args.tasks) == set(STEPS) else "_".join(["fm_lora", *args.tasks])
