@@ -236,21 +236,28 @@ def test_prometheus_metrics_count_predictions_by_task_route_and_model(serving_ap
 
     for _ in range(3):
         predict(client, "youtube-spam", {"text": "Subscribe to my channel!! http://bit.ly/x"})
+
+    def counted(text: str) -> list[str]:
+        """This task's specialist-route counter lines holding all three predictions."""
+        lines = [
+            line
+            for line in text.splitlines()
+            if line.startswith("ray_protege_predictions") and 'task="youtube-spam"' in line
+        ]
+        return [
+            line
+            for line in lines
+            if 'route="specialist"' in line
+            and 'model="tfidf-lr"' in line
+            and float(line.rsplit(" ", 1)[1]) >= 3
+        ]
+
+    # Ray exports metrics every few seconds: an export may catch the first of the three.
     deadline, text = time.monotonic() + 60, ""
-    while time.monotonic() < deadline:  # Ray exports metrics every few seconds
+    while time.monotonic() < deadline:
         text = httpx.get(f"http://127.0.0.1:{serving_app.metrics_port}/metrics", timeout=10).text
-        if "protege_predictions" in text and "protege_predict_latency_ms" in text:
+        if counted(text) and "protege_predict_latency_ms" in text:
             break
         time.sleep(1)
-    lines = [
-        line
-        for line in text.splitlines()
-        if line.startswith("ray_protege_predictions") and 'task="youtube-spam"' in line
-    ]
-    assert any(
-        'route="specialist"' in line
-        and 'model="tfidf-lr"' in line
-        and float(line.rsplit(" ", 1)[1]) >= 3
-        for line in lines
-    ), lines
+    assert counted(text), [line for line in text.splitlines() if "protege_predictions" in line]
     assert "ray_protege_predict_latency_ms_bucket" in text
