@@ -76,11 +76,7 @@ def build_fm_server(
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         choices = []
         for index, prompt in enumerate(prompts):
-            tokens, values, offsets = (
-                backend.token_logprobs(prompt)
-                if adapter is None
-                else backend.token_logprobs(prompt, adapter=adapter)
-            )
+            tokens, values, offsets = backend.token_logprobs(prompt, adapter=adapter)
             if vllm_offsets:
                 tokens, values = [backend.tokenizer.bos_token, *tokens], [None, *values]
                 offsets = list(accumulate((len(t) for t in tokens[:-1]), initial=0))

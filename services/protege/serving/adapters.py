@@ -9,8 +9,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import numpy as np
-
 from protege.artifact import (
     ADAPTER_DIR,
     ADAPTER_KIND,
@@ -18,9 +16,8 @@ from protege.artifact import (
     SpecialistMeta,
     parse_adapter_name,
 )
-from protege.foundation.backend import Adapter, FoundationBackend
+from protege.foundation.backend import Adapter
 from protege.settings import Settings
-from protege.taskspec import PromptSpec, TaskSpec
 
 
 class UnknownAdapter(LookupError):
@@ -80,17 +77,3 @@ def checked_adapter_folder(name: str, folder: Path) -> Path:
     if not (folder / ADAPTER_DIR / "adapter_config.json").exists():
         raise UnknownAdapter(f"adapter {name!r}: no {ADAPTER_DIR}/adapter_config.json in {folder}")
     return folder
-
-
-def predict_proba(
-    backend: FoundationBackend,
-    task: TaskSpec,
-    texts: list[str],
-    prompt: PromptSpec | None = None,
-    adapter: Adapter | None = None,
-) -> np.ndarray:
-    """The backend's scores; a base-model call passes no `adapter` at all, so that a
-    backend without adapter support still serves every task without one."""
-    if adapter is None:
-        return backend.predict_proba(task, texts, prompt)
-    return backend.predict_proba(task, texts, prompt, adapter=adapter)

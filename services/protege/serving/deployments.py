@@ -12,7 +12,7 @@ import numpy as np
 from ray import serve
 
 from protege.foundation.backend import create_backend
-from protege.serving.adapters import AdapterResolver, predict_proba
+from protege.serving.adapters import AdapterResolver
 from protege.serving.api import build_api
 from protege.serving.auth import ApiKeys
 from protege.serving.champion_watcher import ChampionWatcher
@@ -81,8 +81,7 @@ class FoundationModel:
         self, task: str, texts: list[str], prompt: str | None, adapter: str | None
     ) -> np.ndarray:
         spec = self.tasks[task]
-        return predict_proba(
-            self.backend,
+        return self.backend.predict_proba(
             spec,
             texts,
             prompt_spec(spec, prompt),

@@ -14,7 +14,7 @@ import numpy as np
 
 from protege.foundation.backend import FoundationBackend
 from protege.schemas import ModelRef
-from protege.serving.adapters import AdapterResolver, UnknownAdapter, predict_proba
+from protege.serving.adapters import AdapterResolver, UnknownAdapter
 from protege.taskspec import PromptSpec, TaskSpec
 
 
@@ -70,11 +70,11 @@ class LocalFoundation:
         self, task: TaskSpec, texts: list[str], prompt: PromptSpec | None, adapter: str | None
     ) -> np.ndarray:
         if adapter is None:
-            return predict_proba(self.backend, task, texts, prompt)
+            return self.backend.predict_proba(task, texts, prompt)
         if self.adapters is None:
             raise UnknownAdapter(f"adapter {adapter!r}: this FM has no registry to find it in")
-        return predict_proba(
-            self.backend, task, texts, prompt, adapter=self.adapters.resolve(adapter)
+        return self.backend.predict_proba(
+            task, texts, prompt, adapter=self.adapters.resolve(adapter)
         )
 
     async def ready(self) -> ModelRef:
