@@ -217,25 +217,29 @@ def stack(kafka_settings, specialist, foundation, tmp_path):
     client = ImproverClient(f"http://127.0.0.1:{settings.improver_port}", 5.0)
     app = build_api(core, ApiKeys.from_settings(settings), improver=client)
     try:
+        # Traffic only once the intake holds its partitions (Tansu delays a group's join).
+        wait_for(lambda: improver.ready()[0], 60, "the improver's intake to join its group")
         with Served(app) as gateway:
-            yield gateway.url, improver, settings
+            yield gateway.url, improver, settings, producer
     finally:
         improver.stop()
         producer.close(timeout=5)
 
 
-def wait_for(condition, timeout_s: float, what: str):
+def wait_for(condition, timeout_s: float, what: str, state=None):
+    """`condition()` once truthy; on time out, fails with `what` and `state()` (what
+    the parts had done by then)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}" + (f": {state()}" if state else ""))
 
 
 def test_reviewers_take_the_queue_through_the_gateway_and_reviewed_items_leave_it(stack):
-    url, improver, settings = stack
+    url, improver, settings, producer = stack
     app, ana, bob = ({"Authorization": f"Bearer {k}-key"} for k in ("app", "ana", "bob"))
     texts = [
         "Check out my channel, subscribe!",
@@ -256,10 +260,22 @@ def test_reviewers_take_the_queue_through_the_gateway_and_reviewed_items_leave_i
             assert r.status_code == 200, r.text
             return r.json()
 
+        seen: list[int] = []
+
+        def whole_queue():
+            q = queue(ana, limit=10)
+            seen.append(len(q["items"]))
+            return len(q["items"]) == len(texts) and q
+
         first = wait_for(
-            lambda: (q := queue(ana, limit=10)) and len(q["items"]) == len(texts) and q,
-            60,
+            whole_queue,
+            120,
             "the predictions to reach the improver's store",
+            lambda: {
+                "queue_lengths": sorted(set(seen)),
+                "producer": producer.stats(),
+                "intake": improver.ingestor.stats(),
+            },
         )
         assert first["reviewer"] == "ana" and first["window"] == len(texts)
         items = first["items"]
