@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from protege.events.broker import free_port
 from protege.improver.data.records import DataPoint, Review
-from protege.improver.review.queue import cheap_votes, is_audit, rank
+from protege.improver.review.queue import at_start, cheap_votes, is_audit, rank
 from protege.taskspec import DEFAULT_TASKS_FILE, ReviewSpec, load_tasks
 
 TASKS = load_tasks(DEFAULT_TASKS_FILE)
@@ -105,6 +105,25 @@ def test_the_queue_keeps_an_audit_share_from_a_fixed_random_subset_of_traffic():
     spec = YOUTUBE.review.model_copy(update={"audit_share": 0.0})
     none = rank(YOUTUBE.model_copy(update={"review": spec}), points, limit=50, seed=1)
     assert not [i for i in none if i.reasons == ["audit"]]
+
+
+def test_a_tasks_first_reviews_are_drawn_at_random_then_the_queue_ranks():
+    """Before `random_first` reviews every slot is a uniform draw over the open items,
+    audit subset or not: the ranked picks of a cold start lean to one class."""
+    first = YOUTUBE.review.random_first
+    assert first > 0
+    pids = not_audit(400)
+    # One kind of text gets the low margins (the FM serves SPAM throughout).
+    points = [
+        point(p, text=f"{'unsure' if i % 2 else 'sure'} {i}", margin=0.05 if i % 2 else 0.99)
+        for i, p in enumerate(pids)
+    ]
+    ranked = rank(YOUTUBE, points, limit=40, seed=0)
+    assert {i.point.text.split()[0] for i in ranked} == {"unsure"}
+    drawn = rank(at_start(YOUTUBE, first - 1), points, limit=40, seed=0)
+    assert {i.reasons[0] for i in drawn} == {"audit"} and len(drawn) == 40
+    assert 8 < sum(i.point.text.startswith("unsure") for i in drawn) < 32  # both kinds
+    assert at_start(YOUTUBE, first) is YOUTUBE
 
 
 def test_reviewed_items_leave_the_queue_and_no_one_sees_an_item_twice():

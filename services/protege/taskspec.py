@@ -296,6 +296,13 @@ class ReviewSpec(StrictModel):
         description="Share of queue items drawn uniformly at random from traffic, so that "
         "reviewed items still estimate accuracy without the queue's bias.",
     )
+    random_first: int = Field(
+        default=50,
+        ge=0,
+        description="Reviews a task gets drawn uniformly at random before the queue ranks: "
+        "with no reviews yet its signals (the FM's margins, LF conflicts) lean to one kind "
+        "of text, and the label model and the reviews-only baseline need a fair sample.",
+    )
     window: int = Field(
         default=2000,
         gt=0,

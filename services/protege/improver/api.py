@@ -36,7 +36,13 @@ from protege.improver.labeling.labeled import label_examples
 from protege.improver.review import reservations
 from protege.improver.review.cards import card_lfs, review_item
 from protege.improver.review.progress import review_stats
-from protege.improver.review.queue import cheap_votes, label_model_scorer, queue_lfs, rank
+from protege.improver.review.queue import (
+    at_start,
+    cheap_votes,
+    label_model_scorer,
+    queue_lfs,
+    rank,
+)
 from protege.schemas import (
     Analysis,
     Assignment,
@@ -67,6 +73,7 @@ def review_queue(
 ) -> ReviewQueue:
     """The queue for `task` now (see `protege.improver.review.queue`), less the items
     the console has handed to other reviewers."""
+    task = at_start(task, store.counts(task.name)["feedback"])
     recent = store.recent_points(task.name, task.review.window)
     held = reservations.held_elsewhere(task, store, reviewer)
     points = [x for x in recent if x.uid not in held]

@@ -30,6 +30,11 @@ anyone can tell later which reviews were audits). Ranked slots never take audit-
 items, so the reviews of that subset are a uniform sample of traffic: an unbiased
 estimate of accuracy however skewed the ranked reviews are.
 
+Until a task holds `review.random_first` reviews (`at_start`), every slot is an audit
+drawn from all open items: before any review the signals lean to one kind of text (on
+youtube the first ranked reviews were four-fifths spam), and a skewed first sample
+misleads the label model's first fit and makes the reviews-only baseline degenerate.
+
 Item ids are prediction ids.
 
 >>> items = rank(task, points, limit=20, seed=0)     # doctest: +SKIP
@@ -82,6 +87,14 @@ def is_audit(prediction_id: str, share: float) -> bool:
     hash (uniform, and recomputable from the id alone)."""
     digest = hashlib.sha256(prediction_id.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def at_start(task: TaskSpec, reviews: int) -> TaskSpec:
+    """`task` as the queue ranks it after `reviews` reviews: all audit (uniformly random)
+    slots while fewer than `review.random_first`."""
+    if reviews >= task.review.random_first:
+        return task
+    return task.model_copy(update={"review": task.review.model_copy(update={"audit_share": 1.0})})
 
 
 def reviewers(x: DataPoint) -> set[str]:

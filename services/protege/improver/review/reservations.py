@@ -25,7 +25,7 @@ from protege.improver.data.records import DataPoint, Hold
 from protege.improver.data.store import ExampleStore
 from protege.improver.labeling.functions import LabelingFunction
 from protege.improver.review.cards import review_card
-from protege.improver.review.queue import is_audit, open_items, rank, signals
+from protege.improver.review.queue import at_start, is_audit, open_items, rank, signals
 from protege.schemas import Assignment
 from protege.taskspec import TaskSpec
 
@@ -107,7 +107,12 @@ def take(
 
     until = now + task.review.reservation_minutes * 60
     for item in rank(
-        task, points, limit=TRIES, reviewer=reviewer, votes=votes, label_model=label_model
+        at_start(task, store.counts(task.name)["feedback"]),
+        points,
+        limit=TRIES,
+        reviewer=reviewer,
+        votes=votes,
+        label_model=label_model,
     ):
         if store.hold(task.name, item.prediction_id, reviewer, until, now):
             card = review_card(task, item.point, item.score, item.reasons, until, lfs)
