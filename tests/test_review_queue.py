@@ -110,8 +110,10 @@ def test_the_queue_keeps_an_audit_share_from_a_fixed_random_subset_of_traffic():
 def test_a_tasks_first_reviews_are_drawn_at_random_then_the_queue_ranks():
     """Before `random_first` reviews every slot is a uniform draw over the open items,
     audit subset or not: the ranked picks of a cold start lean to one class."""
-    first = YOUTUBE.review.random_first
-    assert first > 0
+    first = 50
+    task = YOUTUBE.model_copy(
+        update={"review": YOUTUBE.review.model_copy(update={"random_first": first})}
+    )
     pids = not_audit(400)
     # One kind of text gets the low margins (the FM serves SPAM throughout).
     points = [
@@ -120,10 +122,10 @@ def test_a_tasks_first_reviews_are_drawn_at_random_then_the_queue_ranks():
     ]
     ranked = rank(YOUTUBE, points, limit=40, seed=0)
     assert {i.point.text.split()[0] for i in ranked} == {"unsure"}
-    drawn = rank(at_start(YOUTUBE, first - 1), points, limit=40, seed=0)
+    drawn = rank(at_start(task, first - 1), points, limit=40, seed=0)
     assert {i.reasons[0] for i in drawn} == {"audit"} and len(drawn) == 40
     assert 8 < sum(i.point.text.startswith("unsure") for i in drawn) < 32  # both kinds
-    assert at_start(YOUTUBE, first) is YOUTUBE
+    assert at_start(task, first) is task and at_start(YOUTUBE, 0) is YOUTUBE  # off by default
 
 
 def test_reviewed_items_leave_the_queue_and_no_one_sees_an_item_twice():

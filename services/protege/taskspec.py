@@ -297,11 +297,11 @@ class ReviewSpec(StrictModel):
         "reviewed items still estimate accuracy without the queue's bias.",
     )
     random_first: int = Field(
-        default=50,
+        default=0,
         ge=0,
-        description="Reviews a task gets drawn uniformly at random before the queue ranks: "
-        "with no reviews yet its signals (the FM's margins, LF conflicts) lean to one kind "
-        "of text, and the label model and the reviews-only baseline need a fair sample.",
+        description="Reviews a task gets drawn uniformly at random before the queue ranks "
+        "(a fair first sample for the label model; ~50 is usual). Off by default: with the "
+        "reviews-only baseline then fair too, a first round rarely beats it (see README).",
     )
     window: int = Field(
         default=2000,
