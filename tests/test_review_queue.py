@@ -102,6 +102,9 @@ def test_the_queue_keeps_an_audit_share_from_a_fixed_random_subset_of_traffic():
     assert {i.prediction_id for i in other if i.reasons == ["audit"]} != {
         i.prediction_id for i in audits
     }
+    # A short queue shows every open item, however many fall in the audit subset.
+    few = [point(p) for p in subset[:3] + not_audit(2)]
+    assert len(rank(YOUTUBE, few, limit=10, seed=0)) == 5
     spec = YOUTUBE.review.model_copy(update={"audit_share": 0.0})
     none = rank(YOUTUBE.model_copy(update={"review": spec}), points, limit=50, seed=1)
     assert not [i for i in none if i.reasons == ["audit"]]

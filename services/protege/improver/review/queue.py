@@ -28,7 +28,8 @@ An `audit` share of the slots goes to predictions drawn uniformly at random from
 fixed random subset of traffic (`is_audit`: by a hash of the prediction id, so that
 anyone can tell later which reviews were audits). Ranked slots never take audit-subset
 items, so the reviews of that subset are a uniform sample of traffic: an unbiased
-estimate of accuracy however skewed the ranked reviews are.
+estimate of accuracy however skewed the ranked reviews are. Slots the ranked items
+cannot fill (a short queue) take more audit items, so no open item is hidden.
 
 Until a task holds `review.random_first` reviews (`at_start`), every slot is an audit
 drawn from all open items: before any review the signals lean to one kind of text (on
@@ -211,6 +212,8 @@ def rank(
 
     wanted = limit * share
     n_audit = min(len(audit_pool), int(math.floor(wanted)) + int(rng.random() < wanted % 1))
+    # Slots the ranked items cannot fill take more audit items: nothing open is hidden.
+    n_audit = max(n_audit, min(len(audit_pool), limit - len(ranked_pool)))
     picked = rng.choice(len(audit_pool), size=n_audit, replace=False) if n_audit else []
     audits = [QueueItem(audit_pool[i], 0.0, ["audit"]) for i in picked]
 
