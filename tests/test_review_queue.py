@@ -125,10 +125,12 @@ def test_a_tasks_first_reviews_are_drawn_at_random_then_the_queue_ranks():
     ]
     ranked = rank(YOUTUBE, points, limit=40, seed=0)
     assert {i.point.text.split()[0] for i in ranked} == {"unsure"}
-    drawn = rank(at_start(task, first - 1), points, limit=40, seed=0)
+    drawn = rank(at_start(task, lambda: first - 1), points, limit=40, seed=0)
     assert {i.reasons[0] for i in drawn} == {"audit"} and len(drawn) == 40
     assert 8 < sum(i.point.text.startswith("unsure") for i in drawn) < 32  # both kinds
-    assert at_start(task, first) is task and at_start(YOUTUBE, 0) is YOUTUBE  # off by default
+    assert (
+        at_start(task, lambda: first) is task and at_start(YOUTUBE, lambda: 0) is YOUTUBE
+    )  # off by default
 
 
 def test_reviewed_items_leave_the_queue_and_no_one_sees_an_item_twice():

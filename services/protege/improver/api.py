@@ -73,7 +73,7 @@ def review_queue(
 ) -> ReviewQueue:
     """The queue for `task` now (see `protege.improver.review.queue`), less the items
     the console has handed to other reviewers."""
-    task = at_start(task, store.counts(task.name)["feedback"])
+    task = at_start(task, lambda: store.counts(task.name)["feedback"])
     recent = store.recent_points(task.name, task.review.window)
     held = reservations.held_elsewhere(task, store, reviewer)
     points = [x for x in recent if x.uid not in held]

@@ -90,10 +90,11 @@ def is_audit(prediction_id: str, share: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
-def at_start(task: TaskSpec, reviews: int) -> TaskSpec:
-    """`task` as the queue ranks it after `reviews` reviews: all audit (uniformly random)
-    slots while fewer than `review.random_first`."""
-    if reviews >= task.review.random_first:
+def at_start(task: TaskSpec, reviews: Callable[[], int]) -> TaskSpec:
+    """`task` as the queue ranks it now: all audit (uniformly random) slots while the
+    task has fewer than `review.random_first` reviews (`reviews()` counts them; never
+    called when the setting is off, the default)."""
+    if not task.review.random_first or reviews() >= task.review.random_first:
         return task
     return task.model_copy(update={"review": task.review.model_copy(update={"audit_share": 1.0})})
 

@@ -107,7 +107,7 @@ def take(
 
     until = now + task.review.reservation_minutes * 60
     for item in rank(
-        at_start(task, store.counts(task.name)["feedback"]),
+        at_start(task, lambda: store.counts(task.name)["feedback"]),
         points,
         limit=TRIES,
         reviewer=reviewer,
