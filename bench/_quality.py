@@ -42,6 +42,8 @@ How, per task (train split as day-0 traffic, test split for every figure):
     python bench/quality_banking77.py          # ~8 minutes
     python bench/quality_sentiment.py          # ~5 minutes
     python bench/quality_banking77.py --fm-sample 2 --fm-exam 0   # a quick check
+    python bench/quality_youtube.py --families tfidf minilm minilm-ft --results quality_youtube_ft
+                                    # the fine-tuned family too, in every row (~10 minutes)
 """
 
 from __future__ import annotations
@@ -404,7 +406,7 @@ def main(name: str, fm_sample: int, fm_budget: float, results: str | None = None
         "--families",
         nargs="+",
         default=None,
-        choices=["tfidf", "minilm"],
+        choices=["tfidf", "minilm", "minilm-ft", "minilm-setfit"],
         help="specialist families of the round and of the supervised bound "
         "(default: the task's, deploy/tasks.yaml)",
     )

@@ -12,7 +12,7 @@ from protege.improver.data.gold import TRAIN, task_split
 from protege.improver.data.records import DataPoint, GoldExample, Review, text_hash
 from protege.improver.labeling import LabelingFunction, apply_lfs
 from protege.improver.labeling.label_model import fit_label_model, to_labels
-from protege.improver.labeling.labeled import label_examples
+from protege.improver.labeling.labeled import choose_labeler, label_examples
 from protege.improver.labeling.sources import task_lfs
 from protege.improver.labeling.stacking import stack_on_gold, vote_features
 from protege.taskspec import DEFAULT_TASKS_FILE, load_tasks
@@ -142,3 +142,17 @@ def test_a_random_or_constant_source_moves_test_accuracy_by_less_than_a_point(yo
     after = _specialist_accuracy(youtube, [noisy], reviewed)
     print(f"\n{name}: test accuracy {before:.3f} -> {after:.3f}")
     assert abs(after - before) < 0.01
+
+
+def test_a_rival_labeler_replaces_the_stack_only_when_it_is_significantly_better():
+    y = np.array([0, 1] * 50)
+    stacked = y.copy()
+    stacked[:10] = 1 - y[:10]  # 90 % right
+    close = y.copy()
+    close[:7] = 1 - y[:7]  # 93 %: three rows ahead, on the same rows otherwise
+    chosen, scores, p = choose_labeler({"stacked": stacked, "reviews_only": close}, y)
+    assert chosen == "stacked" and scores["reviews_only"] > scores["stacked"]
+    assert p["reviews_only"] == pytest.approx(0.125)  # 3 discordant rows, all its way
+    far = y.copy()  # 100 %: ten rows ahead
+    chosen, _, p = choose_labeler({"stacked": stacked, "reviews_only": close, "snorkel": far}, y)
+    assert chosen == "snorkel" and p["snorkel"] < 0.01

@@ -36,26 +36,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from math import comb, pi, sqrt
+from math import pi, sqrt
 from statistics import NormalDist
 
 import numpy as np
 
+from protege.stats import mcnemar_exact_p
 from protege.taskspec import GateSpec
-
-
-def mcnemar_exact_p(candidate_correct: np.ndarray, champion_correct: np.ndarray) -> float:
-    """One-sided exact McNemar p-value for "the candidate is right more often".
-
-    Only discordant pairs count: b = candidate right and champion wrong, c = the
-    reverse; under H0 b ~ Binomial(b + c, 1/2); p = P(B >= b)."""
-    cand, champ = np.asarray(candidate_correct, bool), np.asarray(champion_correct, bool)
-    b = int(np.sum(cand & ~champ))
-    c = int(np.sum(~cand & champ))
-    n = b + c
-    if n == 0:
-        return 1.0
-    return float(sum(comb(n, k) for k in range(b, n + 1)) / 2**n)
 
 
 def paired_bootstrap_p(
