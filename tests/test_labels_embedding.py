@@ -10,7 +10,12 @@ from protege import datasets
 from protege.improver.data.gold import EXAM, TRAIN, task_split
 from protege.improver.data.records import DataPoint, Review
 from protege.improver.labeling import apply_lfs
-from protege.improver.labeling.embedding import NeighbourLF, ZeroShotLF, embedding_lfs
+from protege.improver.labeling.embedding import (
+    NeighbourLF,
+    ZeroShotLF,
+    embedding_lfs,
+    uses_embeddings,
+)
 from protege.improver.labeling.sources import task_lfs
 from protege.taskspec import DEFAULT_TASKS_FILE, load_tasks
 
@@ -34,6 +39,18 @@ def test_the_yaml_turns_them_on_per_task():
     names = [lf.name for lf in task_lfs(BANKING, ("rule", "embedding"))]
     assert names[-2:] == ["embedding_zero_shot", "embedding_neighbours"]
     assert {lf.source for lf in embedding_lfs(BANKING)} == {"embedding"}
+
+
+def test_the_stack_embeds_when_a_source_or_a_minilm_family_needs_the_vectors_anyway():
+    def families(task, *names):
+        return task.model_copy(
+            update={"training": task.training.model_copy(update={"families": list(names)})}
+        )
+
+    assert uses_embeddings(families(YOUTUBE, "tfidf", "minilm"))  # no source, a MiniLM family
+    assert uses_embeddings(families(YOUTUBE, "minilm-ft"))
+    assert not uses_embeddings(families(YOUTUBE, "tfidf"))  # nothing would encode the texts
+    assert uses_embeddings(families(BANKING, "tfidf"))  # its embedding sources do
 
 
 def test_zero_shot_votes_by_the_label_descriptions_far_above_chance():
