@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 
 import httpx
 import pytest
@@ -203,6 +204,39 @@ def test_replay_counts_failed_requests_and_goes_on():
 def test_replay_stops_sending_at_its_deadline():
     record, run = replay([("hello", "HAM")] * 50, FakeGateway(), deadline_s=-1.0)
     assert run.stopped_early and run.sent == 0 and record.totals()["requests"] == 0
+
+
+def test_a_cancelled_replay_stops_at_once_without_a_last_review_catch_up():
+    """Ctrl-C cancels the replay: the review loop goes too, even mid-request to a review
+    queue that takes its time (a busy improver), instead of catching up first."""
+    gateway = FakeGateway()
+
+    async def slow_queue(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(60 if request.url.path.endswith("/review-queue") else 0.01)
+        return gateway(request)
+
+    run = Replay(
+        "http://demo",
+        "youtube-spam",
+        [("hello", "HAM")] * 10_000,
+        ReviewerPool(LABELS, 1.0, 0.0),
+        RunRecord("youtube-spam"),
+        concurrency=2,
+        review_every_s=0.01,
+        transport=httpx.MockTransport(slow_queue),
+    )
+
+    async def cancel_mid_replay() -> float:
+        replaying = asyncio.create_task(run.run())
+        await asyncio.sleep(0.5)
+        replaying.cancel()
+        cancelled_at = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await replaying
+        return time.monotonic() - cancelled_at
+
+    assert asyncio.run(cancel_mid_replay()) < 10  # not the queue's 60 s
+    assert 0 < run.sent < 10_000
 
 
 # --------------------------------------------------------------------------- the record

@@ -15,6 +15,7 @@ items it is handed (against the gold label the replay kept for each prediction).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -120,9 +121,15 @@ class Replay:
                 await asyncio.gather(
                     *(self._worker(client, queue) for _ in range(self.concurrency))
                 )
-            finally:
-                self._sending = False
-                await reviewing
+            except BaseException:
+                # Ctrl-C (asyncio.run cancels this task) or a failure: no last catch-up,
+                # whose queue requests can take minutes while the improver is busy.
+                reviewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reviewing
+                raise
+            self._sending = False
+            await reviewing
 
     async def _worker(self, client: httpx.AsyncClient, queue: asyncio.Queue) -> None:
         while not queue.empty():
