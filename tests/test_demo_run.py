@@ -52,6 +52,10 @@ def test_ctrl_c_mid_replay_stops_everything_and_still_writes_the_summary_and_cha
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A suite started as a script's background job ignores SIGINT, and so would the
+        # demo it starts (an ignored SIGINT is inherited): the Ctrl-C this test sends
+        # needs the default disposition.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         lines = []
