@@ -125,8 +125,7 @@ MINILM_FAMILIES = frozenset({"minilm", "minilm-ft", "minilm-setfit"})
 def uses_embeddings(task: TaskSpec) -> bool:
     """Whether a round embeds the task's texts anyway (an embedding source is on, or a
     MiniLM family trains on them), so that gold stacking uses them too: meaning
-    generalises from a few reviews where n-grams do not (review-sentiment's stacked
-    labels: 75 % right on the unreviewed traffic with n-grams, 83 % with MiniLM too)."""
+    generalises from a few reviews where n-grams do not (README "Labels")."""
     spec = task.labeling.embedding
     return spec.zero_shot or spec.neighbours or bool(MINILM_FAMILIES & set(task.training.families))
 

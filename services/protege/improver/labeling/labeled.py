@@ -164,8 +164,9 @@ def choose_labeler(
     rival beats it there on balanced accuracy *and* significantly (one-sided exact McNemar
     on the same rows, p < `level`). Why: the stack holds the text's features too, so it
     rarely labels worse than the text alone; with ~100 reviews the cross-fitted scores
-    differ by a few rows, and on youtube the rival that led them by 3 points labelled the
-    unreviewed traffic 6 points worse (86.8 % vs 92.9 %): a plain max chose on noise."""
+    differ by a few rows, and on youtube the rival that led them by 3 points made a
+    specialist 2 points worse than the stack's (README "Labels"): a plain max chose on
+    noise."""
     balanced = {name: balanced_accuracy(pred, y) for name, pred in predictions.items()}
     default = next(iter(predictions))
     correct = {name: pred == y for name, pred in predictions.items()}
